@@ -1,0 +1,148 @@
+"""Request and reply over the broker, for the edge and for service-to-service calls.
+
+A requester owns one exclusive, auto-deleted reply queue bound to the replies
+exchange under its own name. A request is a command with ``reply_to`` set to that
+name; the handler's return value comes back with ``correlation_id`` equal to the
+request's message id. A reply is matched to the one pending request with that id:
+a reply nobody waits for (late, or forged) is dropped, never handed to another
+caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from typing import Any, TypeVar
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from pydantic import BaseModel, ValidationError
+
+from messaging import headers as h
+from messaging.connection import CONNECTION_ERRORS, Link
+from messaging.errors import BrokerUnavailable, RemoteError, RequestTimeout
+from messaging.identity import Principal
+from messaging.publisher import Publisher, new_message_id
+from messaging.topology import Topology
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=BaseModel)
+
+
+class Requester:
+    """Sends requests and waits for their replies on a private reply queue."""
+
+    def __init__(
+        self, link: Link, publisher: Publisher, topology: Topology, *, owner: str
+    ) -> None:
+        self._link = link
+        self._publisher = publisher
+        self._topology = topology
+        self._owner = owner
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._pending: dict[str, asyncio.Future[AbstractIncomingMessage]] = {}
+        self._opening = asyncio.Lock()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def request(
+        self,
+        request_type: str,
+        payload: BaseModel,
+        *,
+        principal: Principal,
+        reply_model: type[R],
+        timeout: float,
+        correlation_id: str | None = None,
+    ) -> R:
+        """Send a request and return the validated reply, or raise why not."""
+        reply_to = await self._reply_queue()
+        message_id = new_message_id()
+        waiter = asyncio.get_running_loop().create_future()
+        self._pending[message_id] = waiter
+        try:
+            await self._publisher.publish(
+                self._topology.commands,
+                request_type,
+                message_type=request_type,
+                body=payload,
+                principal=principal,
+                message_id=message_id,
+                correlation_id=correlation_id,
+                reply_to=reply_to,
+                expiration=timeout,
+            )
+            try:
+                reply = await asyncio.wait_for(waiter, timeout)
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"no reply to {request_type} {message_id} within {timeout}s"
+                ) from None
+        finally:
+            self._pending.pop(message_id, None)
+        return _decode_reply(reply, reply_model)
+
+    async def close(self) -> None:
+        for waiter in self._pending.values():
+            if not waiter.done():
+                waiter.set_exception(BrokerUnavailable("requester closed"))
+        channel, self._channel, self._queue = self._channel, None, None
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await channel.close()
+
+    async def _reply_queue(self) -> str:
+        async with self._opening:
+            queue, channel = self._queue, self._channel
+            if queue is None or channel is None or channel.is_closed:
+                queue = await self._declare()
+        return queue.name
+
+    async def _declare(self) -> AbstractQueue:
+        try:
+            channel = await self._link.connection.channel(publisher_confirms=False)
+            name = self._topology.reply_queue(self._owner, uuid.uuid4().hex[:12])
+            queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
+            await queue.bind(self._topology.replies, routing_key=name)
+            await queue.consume(self._on_reply, no_ack=True)
+        except CONNECTION_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot set up the reply queue: {exc}") from exc
+        self._channel, self._queue = channel, queue
+        channel.close_callbacks.add(self._on_channel_closed)
+        return queue
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        waiter = self._pending.get(message.correlation_id or "")
+        if waiter is None or waiter.done():
+            logger.debug("dropped a reply nobody waits for: %s", message.correlation_id)
+            return
+        waiter.set_result(message)
+
+    def _on_channel_closed(self, *_args: Any) -> None:
+        self._queue = None
+        for waiter in self._pending.values():
+            if not waiter.done():
+                waiter.set_exception(BrokerUnavailable("the reply channel closed"))
+
+
+def _decode_reply(message: AbstractIncomingMessage, model: type[R]) -> R:
+    error_type = (message.headers or {}).get(h.ERROR_TYPE)
+    if error_type is not None:
+        try:
+            detail = json.loads(message.body)
+            text = str(detail.get("message", ""))
+        except (ValueError, AttributeError):
+            text = message.body[:200].decode("utf-8", "replace")
+        raise RemoteError(str(error_type), text)
+    try:
+        return model.model_validate_json(message.body)
+    except ValidationError as exc:
+        raise RemoteError(
+            "InvalidReply", f"reply does not fit {model.__name__}: {exc}"
+        ) from None
