@@ -243,6 +243,11 @@ class Consumer:
         except Reject as exc:
             await self._fail(message, context, exc, exc.reason, final=True)
             return
+        except MessageRejected as exc:
+            # A handler found the message itself unacceptable (a request for
+            # another user's data): that is a trust failure, never retried.
+            await self._quarantine(message, exc)
+            return
         except TimeoutError as exc:
             reason = f"handler exceeded its {self.settings.handler_timeout}s deadline"
             await self._fail(message, context, exc, reason, final=False)
