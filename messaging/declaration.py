@@ -10,7 +10,7 @@ service can do nothing it has not declared.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from messaging.handlers import HandlerSpec
@@ -36,7 +36,6 @@ class ServiceDeclaration:
     # Only the entry points (the edge, the scheduler) start work for a user who
     # is not already carried by a message they received.
     introduces_users: bool = False
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def bindings(self) -> list[Binding]:
         return [Binding(spec.route, spec.message_type) for spec in self.handlers]
