@@ -38,6 +38,8 @@ class Contract:
     route: Route = Route.COMMAND
     roles: frozenset[str] = frozenset()
     summary: str = ""
+    # False keeps a command off the public edge: only services may send it.
+    http: bool = True
 
     @property
     def mode(self) -> Mode:

@@ -67,6 +67,7 @@ PLAN_PRUNE = Contract(
     PlanPrune,
     roles=frozenset({"maintenance"}),
     summary="Forget stale plans (service principals only)",
+    http=False,
 )
 
 CONTRACTS = (PLAN_CREATE, PLAN_REFRESH, PLAN_GET, PLAN_CHANGED, PLAN_PRUNE)
