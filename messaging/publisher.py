@@ -9,6 +9,7 @@ caller passes in ``headers`` may overwrite them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Mapping
@@ -47,6 +48,7 @@ class Publisher:
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._opening = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def broker_user(self) -> str:
@@ -126,7 +128,8 @@ class Publisher:
         channel, self._channel = self._channel, None
         self._exchanges.clear()
         if channel is not None and not channel.is_closed:
-            await channel.close()
+            await _close_quietly(channel)
+        await asyncio.gather(*list(self._closing))
 
     async def _send(
         self, exchange: str, routing_key: str, message: aio_pika.Message
@@ -185,5 +188,19 @@ class Publisher:
         return self._channel
 
     def _forget_channel(self) -> None:
-        self._channel = None
+        """Drop a channel we no longer trust; the next publish opens a fresh one.
+
+        The old channel is closed in the background: left open, each confirm
+        timeout would leak one channel on the connection until it reconnects.
+        """
+        channel, self._channel = self._channel, None
         self._exchanges.clear()
+        if channel is not None and not channel.is_closed:
+            task = asyncio.create_task(_close_quietly(channel))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+
+async def _close_quietly(channel: AbstractChannel) -> None:
+    with contextlib.suppress(*CONNECTION_ERRORS):
+        await channel.close()

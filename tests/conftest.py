@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import aio_pika
 import pytest
+import pytest_asyncio
 
 from messaging.settings import BrokerSettings
 from messaging.topology import Topology
@@ -61,7 +62,7 @@ def settings(amqp_url: str, prefix: str) -> BrokerSettings:
     )
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def broker(amqp_url: str, settings: BrokerSettings) -> AsyncIterator[Broker]:
     """A plain aio-pika connection for the test's own publishing and inspection."""
     connection = await aio_pika.connect(amqp_url)
@@ -103,9 +104,9 @@ class Broker:
         finally:
             await channel.close()
 
-    async def drain(self, queue: str, *, expect: int, timeout: float = 10.0) -> list[
-        aio_pika.abc.AbstractIncomingMessage
-    ]:
+    async def drain(
+        self, queue: str, *, expect: int, timeout: float = 10.0
+    ) -> list[aio_pika.abc.AbstractIncomingMessage]:
         """Wait until `expect` messages sit in `queue`, take and ack them."""
 
         channel = await self.connection.channel()
