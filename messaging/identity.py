@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final, TypeVar
 
@@ -31,9 +33,29 @@ ROLE_PATTERN: Final = re.compile(r"[A-Za-z][A-Za-z0-9._:\-]{0,63}")
 TENANT_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}")
 SERVICE_PATTERN: Final = re.compile(r"[a-z][a-z0-9\-]{0,31}")
 
+MAX_SUBJECT_LENGTH: Final = 128
+MAX_ROLE_LENGTH: Final = 64
+MAX_TENANT_LENGTH: Final = 64
+MAX_SERVICE_LENGTH: Final = 32
 MAX_ROLES: Final = 32
 MAX_ACTORS: Final = 16
 MAX_IDENTITY_BYTES: Final = 2048
+IDENTITY_SET: Final = "baton-*"
+"""The header an error names when the identity headers as a whole are refused."""
+
+_AMQP_TYPE_NAMES: Final[dict[type, str]] = {
+    str: "longstr",
+    bytes: "longstr that is not UTF-8",
+    bytearray: "byte array",
+    bool: "boolean",
+    int: "integer",
+    float: "float",
+    Decimal: "decimal",
+    datetime: "timestamp",
+    dict: "table",
+    list: "array",
+    type(None): "void",
+}
 
 Headers = Mapping[str, Any]
 E = TypeVar("E", bound=StrEnum)
@@ -116,7 +138,13 @@ class Principal:
         return self.roles.issuperset(required)
 
     def handed_to(self, service: str, origin: Origin) -> Principal:
-        """The same principal, as passed on by `service`: one more actor, internal."""
+        """The same principal, as passed on by `service`: one more actor, internal.
+
+        Subject, kind, roles and tenant never change on a hop. A service that
+        hands work to itself (handles its own event) is not listed twice in a row.
+        """
+        if origin is Origin.HTTP:
+            raise ValueError("a service passes work on by event, request or schedule")
         if self.actors and self.actors[-1] == service:
             actors = self.actors
         else:
@@ -145,7 +173,7 @@ def decode_principal(headers: Headers | Sequence[tuple[str, Any]] | None) -> Pri
     table = _as_table(headers)
 
     for key in table:
-        if key.startswith(h.NAMESPACE) and key not in h.KNOWN_HEADERS:
+        if _in_namespace(key) and key not in h.KNOWN_HEADERS:
             raise UnknownHeader(key, "is in the baton- namespace but not defined")
 
     version = _required(table, h.VERSION)
@@ -154,25 +182,27 @@ def decode_principal(headers: Headers | Sequence[tuple[str, Any]] | None) -> Pri
     if version != h.PROTOCOL_VERSION:
         raise UnsupportedVersion(h.VERSION, f"version {version} is not supported")
 
-    subject = _string(table, h.SUBJECT, SUBJECT_PATTERN, 128)
+    subject = _string(table, h.SUBJECT, SUBJECT_PATTERN, MAX_SUBJECT_LENGTH)
     kind = _enum(table, h.KIND, PrincipalKind)
-    roles = _string_list(table, h.ROLES, ROLE_PATTERN, MAX_ROLES)
-    actors = _string_list(table, h.ACTORS, SERVICE_PATTERN, MAX_ACTORS)
+    roles = _string_list(table, h.ROLES, ROLE_PATTERN, MAX_ROLES, MAX_ROLE_LENGTH)
+    actors = _string_list(
+        table, h.ACTORS, SERVICE_PATTERN, MAX_ACTORS, MAX_SERVICE_LENGTH
+    )
     origin = _enum(table, h.ORIGIN, Origin)
     internal = _required(table, h.INTERNAL)
     if type(internal) is not bool:
         raise HeaderTypeError(h.INTERNAL, f"must be a boolean, got {_kind(internal)}")
     tenant = None
     if h.TENANT in table:
-        tenant = _string(table, h.TENANT, TENANT_PATTERN, 64)
+        tenant = _string(table, h.TENANT, TENANT_PATTERN, MAX_TENANT_LENGTH)
 
     if len(set(roles)) != len(roles):
         raise HeaderValueError(h.ROLES, "lists the same role twice")
-    _check_invariants(kind, subject, actors, internal)
+    _check_invariants(kind, subject, actors, origin, internal)
     size = _size(subject, tenant, roles, actors)
     if size > MAX_IDENTITY_BYTES:
         raise HeaderSetTooLarge(
-            "baton-*", f"identity headers take {size} bytes, over {MAX_IDENTITY_BYTES}"
+            IDENTITY_SET, f"values take {size} bytes, over {MAX_IDENTITY_BYTES}"
         )
 
     return _build(subject, kind, frozenset(roles), origin, internal, actors, tenant)
@@ -226,13 +256,13 @@ def _required(table: Headers, key: str) -> Any:
 def _string(table: Headers, key: str, pattern: re.Pattern[str], limit: int) -> str:
     value = _required(table, key)
     if type(value) is not str:
-        raise HeaderTypeError(key, f"must be a string, got {_kind(value)}")
+        raise HeaderTypeError(key, f"must be a longstr, got {_kind(value)}")
     _check_text(key, value, pattern, limit)
     return value
 
 
 def _string_list(
-    table: Headers, key: str, pattern: re.Pattern[str], limit: int
+    table: Headers, key: str, pattern: re.Pattern[str], limit: int, length: int
 ) -> list[str]:
     value = _required(table, key)
     if type(value) is not list:
@@ -241,15 +271,15 @@ def _string_list(
         raise HeaderValueError(key, f"has {len(value)} items, over the limit {limit}")
     for item in value:
         if type(item) is not str:
-            raise HeaderTypeError(key, f"items must be strings, got {_kind(item)}")
-        _check_text(key, item, pattern, 64)
+            raise HeaderTypeError(key, f"items must be longstr, got {_kind(item)}")
+        _check_text(key, item, pattern, length)
     return value
 
 
 def _enum(table: Headers, key: str, enum: type[E]) -> E:
     value = _required(table, key)
     if type(value) is not str:
-        raise HeaderTypeError(key, f"must be a string, got {_kind(value)}")
+        raise HeaderTypeError(key, f"must be a longstr, got {_kind(value)}")
     try:
         return enum(value)
     except ValueError:
@@ -271,19 +301,34 @@ def _check_text(key: str, value: str, pattern: re.Pattern[str], limit: int) -> N
 
 
 def _check_invariants(
-    kind: PrincipalKind, subject: str, actors: list[str], internal: bool
+    kind: PrincipalKind,
+    subject: str,
+    actors: list[str],
+    origin: Origin,
+    internal: bool,
 ) -> None:
     if not actors:
         raise HeaderValueError(h.ACTORS, "must name at least the entering service")
-    if kind is PrincipalKind.SERVICE and not internal:
-        raise HeaderValueError(h.INTERNAL, "a service principal is always internal")
-    if kind is PrincipalKind.SERVICE and actors[0] != subject:
+    if kind is PrincipalKind.SERVICE:
+        if not internal:
+            raise HeaderValueError(h.INTERNAL, "a service principal is always internal")
+        if actors[0] != subject:
+            raise HeaderValueError(
+                h.ACTORS, "a service principal's chain must start with the service"
+            )
+        return
+
+    # A user's own HTTP request is the only external work; a hop cannot arrive
+    # by HTTP, so anything else a user's work does is an internal call.
+    if origin is Origin.HTTP and internal:
+        raise HeaderValueError(h.INTERNAL, "a user's work from http is not internal")
+    if origin is not Origin.HTTP and not internal:
         raise HeaderValueError(
-            h.ACTORS, "a service principal's chain must start with the service itself"
+            h.INTERNAL, f"a user's work from {origin.value} is always internal"
         )
-    if len(actors) > 1 and not internal:
+    if origin is Origin.HTTP and len(actors) > 1:
         raise HeaderValueError(
-            h.INTERNAL, "work passed on by a service is always an internal call"
+            h.ORIGIN, "work passed on by a service cannot have come from http"
         )
 
 
@@ -294,8 +339,15 @@ def _size(subject: str, tenant: str | None, roles: list[str], actors: list[str])
     return size
 
 
+def _in_namespace(key: str) -> bool:
+    # ASCII case is ignored, so that "Baton-Subject" is refused rather than
+    # skipped: a client library with case-insensitive header maps would read it.
+    return key[: len(h.NAMESPACE)].lower() == h.NAMESPACE
+
+
 def _kind(value: object) -> str:
-    return type(value).__name__
+    """The AMQP name of the type pamqp decoded `value` from."""
+    return _AMQP_TYPE_NAMES.get(type(value), type(value).__name__)
 
 
 def _shown(value: str) -> str:
