@@ -1,0 +1,36 @@
+"""A declared service, running: its consumer against the broker."""
+
+from __future__ import annotations
+
+import logging
+
+from messaging.consumer import Consumer
+from messaging.settings import BrokerSettings
+from workers.service import Service
+
+logger = logging.getLogger(__name__)
+
+
+class Worker:
+    """Consumes one service's queue with the handlers the service declared."""
+
+    def __init__(self, service: Service, settings: BrokerSettings) -> None:
+        self.service = service
+        self.consumer = Consumer(service.name, service.declaration().handlers, settings)
+
+    @property
+    def name(self) -> str:
+        return self.service.name
+
+    @property
+    def queue(self) -> str:
+        return self.consumer.topology.service_queue(self.service.name)
+
+    async def start(self, timeout: float = 10.0) -> None:
+        """Declare the service's queues and bindings and start consuming."""
+        await self.consumer.start(timeout)
+        logger.info("%s: consuming %s", self.name, self.queue)
+
+    async def stop(self) -> None:
+        """Finish the messages in flight, then disconnect."""
+        await self.consumer.stop()
