@@ -140,15 +140,13 @@ class Principal:
     def handed_to(self, service: str, origin: Origin) -> Principal:
         """The same principal, as passed on by `service`: one more actor, internal.
 
-        Subject, kind, roles and tenant never change on a hop. A service that
-        hands work to itself (handles its own event) is not listed twice in a row.
+        Subject, kind, roles and tenant never change on a hop. The service is
+        appended even when it is already last, so a service that keeps feeding
+        itself reaches the chain limits like any other loop.
         """
         if origin is Origin.HTTP:
             raise ValueError("a service passes work on by event, request or schedule")
-        if self.actors and self.actors[-1] == service:
-            actors = self.actors
-        else:
-            actors = (*self.actors, service)
+        actors = (*self.actors, service)
         return replace(self, actors=actors, origin=origin, internal=True)
 
 
