@@ -43,6 +43,13 @@ class PlanChanged(Strict):
     change: Literal["created", "refreshed"]
 
 
+class PlanScheduleRefresh(Strict):
+    """Refresh a plan every `every_minutes` on the user's behalf, until cancelled."""
+
+    plan_id: PlanId = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    every_minutes: int = Field(ge=1, le=7 * 24 * 60)
+
+
 class PlanPrune(Strict):
     """Maintenance: forget plans nobody refreshed for `older_than_days`."""
 
@@ -70,4 +77,18 @@ PLAN_PRUNE = Contract(
     http=False,
 )
 
-CONTRACTS = (PLAN_CREATE, PLAN_REFRESH, PLAN_GET, PLAN_CHANGED, PLAN_PRUNE)
+PLAN_SCHEDULE_REFRESH = Contract(
+    "plan.schedule_refresh",
+    PlanScheduleRefresh,
+    roles=frozenset({"planner"}),
+    summary="Have the scheduler refresh a plan periodically on your behalf",
+)
+
+CONTRACTS = (
+    PLAN_CREATE,
+    PLAN_REFRESH,
+    PLAN_GET,
+    PLAN_CHANGED,
+    PLAN_PRUNE,
+    PLAN_SCHEDULE_REFRESH,
+)
