@@ -51,7 +51,9 @@ from messaging.logcontext import MessageContext, message_context
 from messaging.publisher import Publisher
 from messaging.rpc import Requester
 from messaging.settings import BrokerSettings
+from messaging.signing import Origin, Signer, carrying
 from messaging.topology import Binding, Topology, supports_quorum
+from messaging.trust import TrustPolicy
 
 logger = logging.getLogger(__name__)
 security_log = logging.getLogger("baton.security")
@@ -73,15 +75,21 @@ class Consumer:
         settings: BrokerSettings,
         *,
         topology: Topology | None = None,
+        trust: TrustPolicy | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.service = service
         self.settings = settings
         self.topology = topology or settings.topology()
+        # None in development: user_id and signatures are then not checked.
+        self.trust = trust
         self._handlers = {spec.message_type: spec for spec in handlers}
         self.link = Link(
             settings.amqp_url, name=f"baton:{service}", on_connect=self._attach
         )
-        self.publisher = Publisher(self.link, confirm_timeout=settings.confirm_timeout)
+        self.publisher = Publisher(
+            self.link, confirm_timeout=settings.confirm_timeout, signer=signer
+        )
         self.requester = Requester(
             self.link, self.publisher, self.topology, owner=service
         )
@@ -179,7 +187,7 @@ class Consumer:
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         try:
-            spec, principal, attempt = self._admit(message)
+            spec, principal, attempt, origin = self._admit(message)
             payload = _validate(spec, message.body)
         except (IdentityError, MessageRejected) as exc:
             await self._quarantine(message, exc)
@@ -197,12 +205,15 @@ class Consumer:
             requester=self.requester,
             request_timeout=self.settings.request_timeout,
         )
-        with message_context(_with_principal(message, self.queue_name, principal)):
+        with (
+            message_context(_with_principal(message, self.queue_name, principal)),
+            carrying(origin),
+        ):
             await self._run_handler(message, spec, context, payload)
 
     def _admit(
         self, message: AbstractIncomingMessage
-    ) -> tuple[HandlerSpec[Any], Principal, int]:
+    ) -> tuple[HandlerSpec[Any], Principal, int, Origin | None]:
         """Every check that needs no handler: each failure is final, never retried."""
         if len(message.body) > self.settings.max_body_bytes:
             raise SchemaError(
@@ -220,6 +231,7 @@ class Consumer:
             )
 
         principal = decode_principal(message.headers)
+        origin = self.trust.admit(message, spec, principal) if self.trust else None
         attempt = _attempt(message.headers)
         if len(principal.actors) > self.settings.max_chain_depth:
             raise ChainTooDeep(
@@ -227,7 +239,7 @@ class Consumer:
                 f"{self.settings.max_chain_depth}"
             )
         spec.authorize(principal)
-        return spec, principal, attempt
+        return spec, principal, attempt, origin
 
     async def _run_handler(
         self,
@@ -296,7 +308,11 @@ class Consumer:
                 message,
                 self.topology.retry,
                 self.topology.retry_queue(self.service, delay),
-                {h.ATTEMPT: context.attempt + 1, h.FAILURE_REASON: reason},
+                {
+                    h.ATTEMPT: context.attempt + 1,
+                    h.FAILURE_REASON: reason,
+                    **self._origin(message),
+                },
             )
             return
 
@@ -339,9 +355,23 @@ class Consumer:
             h.FAILURE_CODE: code,
             h.FAILURE_REASON: reason[:1000],
             h.FAILED_BY: self.service,
-            h.ORIGINAL_EXCHANGE: message.exchange or "",
-            h.ORIGINAL_ROUTING_KEY: message.routing_key or "",
+            **self._origin(message),
         }
+
+    def _origin(self, message: AbstractIncomingMessage) -> dict[str, str]:
+        """Where the message was first published, also after a trip through retry.
+
+        A retried message comes back through ``redeliver``; the exchange and
+        routing key it was first sent to travel in our transport headers.
+        """
+        exchange, routing_key = message.exchange or "", message.routing_key or ""
+        table = message.headers or {}
+        first = table.get(h.ORIGINAL_EXCHANGE), table.get(h.ORIGINAL_ROUTING_KEY)
+        if exchange == self.topology.redeliver and all(
+            type(value) is str for value in first
+        ):
+            exchange, routing_key = str(first[0]), str(first[1])
+        return {h.ORIGINAL_EXCHANGE: exchange, h.ORIGINAL_ROUTING_KEY: routing_key}
 
     async def _forward(
         self,

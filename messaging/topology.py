@@ -14,7 +14,8 @@ subscriber of the type). When retries run out the worker publishes the message t
 ``dead`` with the error; a trust or schema failure goes to ``quarantine`` with the
 reason. The service queue itself dead-letters to ``quarantine`` too: that is
 where a message ends that kept killing the consumer's connection until the
-queue's delivery limit gave up on it.
+queue's delivery limit gave up on it, and where a request expires whose caller
+stopped waiting (``x-death`` says ``delivery_limit`` or ``expired``).
 """
 
 from __future__ import annotations

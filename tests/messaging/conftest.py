@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest_asyncio
+from aio_pika.abc import AbstractQueue
 from pydantic import BaseModel, ConfigDict
 
 from messaging import headers as h
@@ -23,6 +24,7 @@ from messaging.consumer import Consumer
 from messaging.handlers import Context, HandlerSpec
 from messaging.identity import Principal, encode_principal
 from messaging.settings import BrokerSettings
+from messaging.topology import Binding, Route
 from tests.conftest import Broker
 
 ECHO = "echo.say"
@@ -47,6 +49,9 @@ def alice(*roles: str) -> Principal:
     return Principal.user("alice", roles, entered_by="edge")
 
 
+Handler = Callable[[Context, Say], Awaitable[BaseModel | None]]
+
+
 @dataclass
 class Calls:
     """What a handler saw: one entry per call, in order."""
@@ -59,6 +64,16 @@ class Calls:
         self.seen.append((context.message_id, context.attempt, payload))
         self.principals.append(context.principal)
         self.changed.set()
+
+    def handler(self, error: Exception | None = None) -> Handler:
+        """A handler that records each call, then raises `error` when given."""
+
+        async def handle(context: Context, payload: Say) -> None:
+            self.record(context, payload)
+            if error is not None:
+                raise error
+
+        return handle
 
     def count(self, message_id: str) -> int:
         return sum(1 for seen_id, _, _ in self.seen if seen_id == message_id)
@@ -74,9 +89,6 @@ class Calls:
             while not predicate():
                 self.changed.clear()
                 await self.changed.wait()
-
-
-Handler = Callable[[Context, Say], Awaitable[BaseModel | None]]
 
 
 def spec(func: Handler, message_type: str = ECHO, **options: Any) -> HandlerSpec[Say]:
@@ -151,6 +163,17 @@ async def send(
         **defaults,
     )
     return str(message_id)
+
+
+async def unattended_queue(broker: Broker, service: str) -> AbstractQueue:
+    """Declare a service's queues and bindings with nobody consuming them."""
+    channel = await broker.connection.channel()
+    try:
+        return await broker.topology.declare_service(
+            channel, broker.track(service), [Binding(Route.COMMAND, ECHO)]
+        )
+    finally:
+        await channel.close()
 
 
 async def wait_depth(

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-import aio_pika
 import aiormq
 import pytest
 
-from messaging.topology import Binding, Route, Topology, supports_quorum
+from messaging.topology import Topology, supports_quorum
 from tests.conftest import Broker
-from tests.messaging.conftest import ECHO, send, service_name, wait_depth
+from tests.messaging.conftest import send, service_name, unattended_queue, wait_depth
 
 pytestmark = pytest.mark.broker
 
@@ -51,16 +50,6 @@ def test_quorum_support_is_read_from_the_server_version(
     assert supports_quorum({"version": version}) is expected
 
 
-async def _declare(broker: Broker, service: str) -> aio_pika.abc.AbstractQueue:
-    channel = await broker.connection.channel()
-    try:
-        return await broker.topology.declare_service(
-            channel, broker.track(service), [Binding(Route.COMMAND, ECHO)]
-        )
-    finally:
-        await channel.close()
-
-
 async def _redeclare_fails(
     broker: Broker, name: str, arguments: dict[str, object]
 ) -> bool:
@@ -77,7 +66,7 @@ async def _redeclare_fails(
 @pytest.mark.asyncio
 async def test_every_queue_of_a_service_exists_on_the_broker(broker: Broker) -> None:
     service = service_name()
-    await _declare(broker, service)
+    await unattended_queue(broker, service)
 
     channel = await broker.connection.channel()
     try:
@@ -95,7 +84,7 @@ async def test_work_queue_is_quorum_with_the_configured_delivery_limit(
     broker: Broker,
 ) -> None:
     service = service_name()
-    queue = await _declare(broker, service)
+    queue = await unattended_queue(broker, service)
     topology = broker.topology
     declared = {
         "x-queue-type": "quorum",
@@ -122,7 +111,7 @@ async def test_work_queue_is_quorum_with_the_configured_delivery_limit(
 @pytest.mark.asyncio
 async def test_commands_reach_the_service_queue_by_message_type(broker: Broker) -> None:
     service = service_name()
-    queue = await _declare(broker, service)
+    queue = await unattended_queue(broker, service)
 
     await send(broker)
     await send(broker, message_type="other.type")
@@ -135,7 +124,7 @@ async def test_a_retry_queue_sends_the_message_back_after_its_delay(
     broker: Broker,
 ) -> None:
     service = service_name()
-    queue = await _declare(broker, service)
+    queue = await unattended_queue(broker, service)
     topology = broker.topology
     retry_queue = topology.retry_queue(service, topology.retry_delays[0])
 
@@ -154,7 +143,7 @@ async def test_work_queue_gives_up_after_the_delivery_limit_into_quarantine(
     service = service_name()
     topology = Topology(prefix=broker.topology.prefix, delivery_limit=2)
     broker.topology = topology
-    queue = await _declare(broker, service)
+    queue = await unattended_queue(broker, service)
     message_id = await send(broker)
 
     channel = await broker.connection.channel()
