@@ -314,13 +314,11 @@ def _check_invariants(
             raise HeaderValueError(
                 h.ACTORS, "a service principal's chain must start with the service"
             )
-        return
-
     # A user's own HTTP request is the only external work; a hop cannot arrive
     # by HTTP, so anything else a user's work does is an internal call.
-    if origin is Origin.HTTP and internal:
+    elif origin is Origin.HTTP and internal:
         raise HeaderValueError(h.INTERNAL, "a user's work from http is not internal")
-    if origin is not Origin.HTTP and not internal:
+    elif origin is not Origin.HTTP and not internal:
         raise HeaderValueError(
             h.INTERNAL, f"a user's work from {origin.value} is always internal"
         )
