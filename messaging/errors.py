@@ -13,7 +13,13 @@ BatonError
 │   ├── SchemaError               content type, size, JSON or payload model wrong
 │   ├── UnknownMessageType        no handler is declared for the message type
 │   ├── Forbidden                 the principal may not send this message type
-│   └── ChainTooDeep              the actor chain is longer than the depth limit
+│   ├── ChainTooDeep              the actor chain is longer than the depth limit
+│   ├── UntrustedPublisher        no user_id, or a publisher not declared for the type
+│   ├── InvalidSignature          the signed assertion is missing, forged or moved
+│   ├── ReplayedMessage           a message id admitted before arrives again
+│   └── UnprovenPrincipal         a service speaks for a user no introducer vouched for
+├── TrustConfigError              trust settings or broker rights are unsafe: no start
+│   └── SigningConfigError        a signing key or key ring cannot be used
 ├── PublishError                  the broker did not take a message
 │   ├── PublishNacked             the broker answered the publish with a nack
 │   ├── MessageReturned           the message was unroutable (mandatory return)
@@ -104,6 +110,38 @@ class ChainTooDeep(MessageRejected):
     """The work has passed through more services than the depth limit allows."""
 
     code = "ChainTooDeep"
+
+
+class UntrustedPublisher(MessageRejected):
+    """The message has no user_id, or comes from a publisher not allowed to send it."""
+
+    code = "UntrustedPublisher"
+
+
+class InvalidSignature(MessageRejected):
+    """The signed assertion is missing, forged, expired or made for another message."""
+
+    code = "InvalidSignature"
+
+
+class ReplayedMessage(MessageRejected):
+    """A message id that was already admitted arrives again as a new publish."""
+
+    code = "ReplayedMessage"
+
+
+class UnprovenPrincipal(MessageRejected):
+    """The principal is not vouched for by a service allowed to introduce it."""
+
+    code = "UnprovenPrincipal"
+
+
+class TrustConfigError(BatonError):
+    """The trust settings or the broker account's rights make starting unsafe."""
+
+
+class SigningConfigError(TrustConfigError):
+    """A signing key or key ring is missing, unreadable or malformed."""
 
 
 class PublishError(BatonError):

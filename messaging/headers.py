@@ -51,4 +51,12 @@ TRANSPORT_HEADERS: Final = frozenset(
     }
 )
 
-KNOWN_HEADERS: Final = IDENTITY_HEADERS | TRANSPORT_HEADERS
+# Signatures (messaging/signing.py): the publisher's signed assertion over this
+# message, and the entry point's assertion of who the work is for, copied by
+# every hop.
+SIGNATURE: Final = "baton-signature"
+ORIGIN_ASSERTION: Final = "baton-origin-assertion"
+
+SIGNING_HEADERS: Final = frozenset({SIGNATURE, ORIGIN_ASSERTION})
+
+KNOWN_HEADERS: Final = IDENTITY_HEADERS | TRANSPORT_HEADERS | SIGNING_HEADERS

@@ -31,6 +31,7 @@ from messaging.errors import (
     PublishNacked,
 )
 from messaging.identity import Principal, encode_principal
+from messaging.signing import Destination, Signer
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,12 @@ def new_message_id() -> str:
 class Publisher:
     """Publishes messages on one confirm channel of a :class:`Link`."""
 
-    def __init__(self, link: Link, *, confirm_timeout: float = 5.0) -> None:
+    def __init__(
+        self, link: Link, *, confirm_timeout: float = 5.0, signer: Signer | None = None
+    ) -> None:
         self._link = link
+        # Signs every message published here (messaging/signing.py), when set.
+        self.signer = signer
         self._confirm_timeout = confirm_timeout
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
@@ -74,6 +79,11 @@ class Publisher:
         if principal is not None:
             table.update(encode_principal(principal))
         payload = body if isinstance(body, bytes) else body.model_dump_json().encode()
+        if self.signer is not None:
+            destination = Destination(exchange, routing_key, message_type)
+            table.update(
+                self.signer.sign(destination, message_id, payload, principal)
+            )
 
         message = aio_pika.Message(
             payload,

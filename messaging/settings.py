@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -30,6 +32,18 @@ class BrokerSettings(BaseSettings):
     # Quorum queues need RabbitMQ 3.8 or newer; classic queues have no delivery
     # limit, so a message that kills the consumer's connection is not bounded.
     quorum_queues: bool = True
+    # Trust (docs/security.md): off for local development, on in the compose
+    # deployment. trust_publishers checks user_id against the declarations;
+    # require_signatures also checks the signed identity against the key ring.
+    trust_publishers: bool = False
+    require_signatures: bool = False
+    account_prefix: str = Field(default="", pattern=r"^[a-z0-9_\-]{0,32}$")
+    signing_key_file: Path | None = None
+    keyring_file: Path | None = None
+    signature_ttl: float = Field(default=300.0, gt=0)
+    origin_ttl: float = Field(default=3600.0, gt=0)
+    # The management API, for `baton provision` and the startup self-check.
+    management_url: SecretStr | None = None
 
     def topology(self) -> Topology:
         return Topology(

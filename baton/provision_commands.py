@@ -1,0 +1,248 @@
+"""``baton provision`` and ``baton keys``: broker accounts and signing keys.
+
+``baton provision`` derives one least-privilege broker account per declared
+service (messaging/provision.py) and either applies it through the management
+API or exports a definitions file for the broker to load at boot. Passwords come
+from a directory of secret files named after the accounts (compose secrets), or
+from ``BATON_PASSWORD_<SERVICE>`` variables; they are never generated into a file
+of the repository.
+
+``baton keys`` makes a service's Ed25519 signing key and keeps the public key ring
+that consumers verify against; rotation is: generate, deploy, retire the old key
+with a grace period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from messaging.declaration import ServiceDeclaration
+from messaging.errors import TrustConfigError
+from messaging.provision import AccountGrant, Management, definitions, plan
+from messaging.selfcheck import check_grants, read_grant
+from messaging.settings import BrokerSettings
+from messaging.signing import KeyRing, SigningKey
+from messaging.trust import Accounts
+
+DEFAULT_DECLARATIONS = "workers.services:DECLARATIONS"
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _register_provision(commands)
+    _register_keys(commands)
+
+
+def _register_provision(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    parser = commands.add_parser(
+        "provision",
+        help="create the per-service broker accounts from the declarations",
+        description=(
+            "Derive one least-privilege broker account per declared service and "
+            "apply it through the management API (BATON_MANAGEMENT_URL), or "
+            "export a definitions file for the broker to load at boot."
+        ),
+    )
+    parser.add_argument(
+        "--declarations",
+        default=DEFAULT_DECLARATIONS,
+        metavar="MODULE:NAME",
+        help="the list of ServiceDeclaration to provision",
+    )
+    parser.add_argument("--vhost", default="/", help="the deployment's vhost")
+    parser.add_argument("--prefix", help="topology prefix (default BATON_PREFIX)")
+    parser.add_argument(
+        "--account-prefix", help="account name prefix (default BATON_ACCOUNT_PREFIX)"
+    )
+    parser.add_argument(
+        "--passwords-dir", type=Path, help="directory of files named after the accounts"
+    )
+    parser.add_argument(
+        "--export",
+        type=Path,
+        metavar="FILE",
+        help="write a definitions file instead of applying",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only compare the broker's accounts with the plan",
+    )
+    parser.add_argument(
+        "--show", action="store_true", help="print the plan (no passwords) and exit"
+    )
+    parser.set_defaults(run=run_provision)
+
+
+def _register_keys(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    parser = commands.add_parser(
+        "keys", help="make signing keys and keep the public key ring"
+    )
+    actions = parser.add_subparsers(dest="keys_command", required=True)
+
+    generate = actions.add_parser("generate", help="a new key for a service")
+    generate.add_argument("service")
+    generate.add_argument(
+        "--dir",
+        type=Path,
+        required=True,
+        help="where the private key file is written (mode 0600)",
+    )
+    generate.add_argument(
+        "--keyring",
+        type=Path,
+        required=True,
+        help="the public key ring to add the key to",
+    )
+    generate.set_defaults(run=run_keys_generate)
+
+    retire = actions.add_parser("retire", help="refuse a key after a grace period")
+    retire.add_argument("kid")
+    retire.add_argument("--keyring", type=Path, required=True)
+    retire.add_argument(
+        "--grace",
+        type=float,
+        default=3600.0,
+        help="seconds the old key still verifies (default 3600)",
+    )
+    retire.set_defaults(run=run_keys_retire)
+
+    listing = actions.add_parser("list", help="the keys in a ring")
+    listing.add_argument("--keyring", type=Path, required=True)
+    listing.set_defaults(run=run_keys_list)
+
+
+def run_provision(args: argparse.Namespace) -> int:
+    settings = BrokerSettings()
+    prefix = args.prefix or settings.prefix
+    accounts = Accounts(
+        settings.account_prefix if args.account_prefix is None else args.account_prefix
+    )
+    try:
+        declared = load_declarations(args.declarations)
+        grants = plan(replace(settings.topology(), prefix=prefix), declared, accounts)
+        if args.show:
+            _show(grants)
+            return 0
+        if args.check:
+            return _check(settings, args.vhost, grants)
+        passwords = read_passwords(grants, args.passwords_dir)
+        if args.export is not None:
+            document = definitions(args.vhost, grants, passwords)
+            _write_secret(args.export, json.dumps(document, indent=2) + "\n")
+            print(f"wrote definitions for {len(grants)} accounts to {args.export}")
+            return 0
+        with Management(_management_url(settings)) as management:
+            management.apply(args.vhost, grants, passwords)
+    except TrustConfigError as exc:
+        print(f"baton provision: {exc}", file=sys.stderr)
+        return 1
+    print(f"provisioned {len(grants)} accounts in vhost {args.vhost!r}")
+    return 0
+
+
+def load_declarations(target: str) -> list[ServiceDeclaration]:
+    """The declarations named by ``module:attribute``."""
+    module_name, _, attribute = target.partition(":")
+    try:
+        value = getattr(
+            importlib.import_module(module_name), attribute or "DECLARATIONS"
+        )
+    except (ImportError, AttributeError) as exc:
+        raise TrustConfigError(f"cannot load declarations {target!r}: {exc}") from exc
+    declared = list(value)
+    if not declared or not all(isinstance(d, ServiceDeclaration) for d in declared):
+        raise TrustConfigError(f"{target!r} is not a list of ServiceDeclaration")
+    return declared
+
+
+def read_passwords(
+    grants: Sequence[AccountGrant], directory: Path | None
+) -> dict[str, str]:
+    """Each account's password, from its secret file or its environment variable."""
+    passwords: dict[str, str] = {}
+    for grant in grants:
+        variable = "BATON_PASSWORD_" + grant.service.upper().replace("-", "_")
+        if directory is not None and (directory / grant.user).is_file():
+            passwords[grant.user] = (directory / grant.user).read_text().strip()
+        elif os.environ.get(variable):
+            passwords[grant.user] = os.environ[variable]
+        else:
+            raise TrustConfigError(
+                f"no password for account {grant.user}: put it in "
+                f"<passwords-dir>/{grant.user} or {variable}"
+            )
+    return passwords
+
+
+def run_keys_generate(args: argparse.Namespace) -> int:
+    key = SigningKey.generate(args.service)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    key_file = args.dir / f"{key.kid}.key"
+    key.save(key_file)
+    ring = KeyRing.load(args.keyring) if args.keyring.exists() else KeyRing()
+    ring.with_key(key.public()).save(args.keyring)
+    print(f"{key.kid}: private key {key_file}, public key added to {args.keyring}")
+    return 0
+
+
+def run_keys_retire(args: argparse.Namespace) -> int:
+    try:
+        ring = KeyRing.load(args.keyring)
+        ring.retiring(args.kid, time.time() + args.grace).save(args.keyring)
+    except TrustConfigError as exc:
+        print(f"baton keys: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.kid} verifies for {args.grace:.0f}s more, then is refused")
+    return 0
+
+
+def run_keys_list(args: argparse.Namespace) -> int:
+    for key in KeyRing.load(args.keyring):
+        until = "" if key.retire_after is None else f" retires {key.retire_after:.0f}"
+        print(f"{key.kid}\t{key.service}{until}")
+    return 0
+
+
+def _check(settings: BrokerSettings, vhost: str, grants: Sequence[AccountGrant]) -> int:
+    problems: list[str] = []
+    with Management(_management_url(settings)) as management:
+        for grant in grants:
+            actual = read_grant(management, vhost, grant.user, grant.service)
+            problems += check_grants(actual, grant)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _show(grants: Sequence[AccountGrant]) -> None:
+    for grant in grants:
+        print(f"{grant.user} ({grant.service})")
+        print(f"  configure {grant.configure}")
+        print(f"  write     {grant.write}")
+        print(f"  read      {grant.read}")
+        for exchange, (write, read) in sorted(grant.topics.items()):
+            print(f"  topic {exchange}: write {write} read {read}")
+
+
+def _management_url(settings: BrokerSettings) -> str:
+    if settings.management_url is None:
+        raise TrustConfigError("set BATON_MANAGEMENT_URL (http://user:pass@host:15672)")
+    return settings.management_url.get_secret_value()
+
+
+def _write_secret(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)

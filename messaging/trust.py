@@ -1,0 +1,244 @@
+"""Whom a consumer believes: the publishers each message type may come from.
+
+RabbitMQ checks that a message's AMQP ``user_id`` is the account of the connection
+that published it. That turns ``user_id`` into a fact a consumer can rely on, and
+the declarations say which service may publish which message type. A consumer with
+a :class:`TrustPolicy` therefore refuses, into quarantine:
+
+- a message without ``user_id``, or from an account that is no declared service;
+- a message type from a service that did not declare publishing it;
+- when signatures are required, anything :class:`~messaging.signing.Verifier`
+  refuses: a missing, forged, expired, replayed or moved assertion, or a principal
+  no introducer vouched for.
+
+Our own retries come back through the ``redeliver`` exchange published by our own
+account; only then is the ``baton-original-publisher`` header believed, because no
+other account can get a message into that path under our name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from messaging import headers as h
+from messaging.declaration import ServiceDeclaration, senders_of
+from messaging.errors import TrustConfigError, UntrustedPublisher
+from messaging.handlers import HandlerSpec
+from messaging.identity import SERVICE_PATTERN, Principal
+from messaging.settings import BrokerSettings
+from messaging.signing import (
+    Destination,
+    KeyRing,
+    Origin,
+    Signer,
+    SigningKey,
+    Verifier,
+)
+from messaging.topology import Route, Topology
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Accounts:
+    """How service names map to broker account names: one account per service."""
+
+    prefix: str = ""
+
+    def of(self, service: str) -> str:
+        return f"{self.prefix}{service}"
+
+    def service(self, account: str) -> str | None:
+        """The service an account belongs to, None when it is no service's account."""
+        if not account.startswith(self.prefix):
+            return None
+        name = account[len(self.prefix) :]
+        return name if SERVICE_PATTERN.fullmatch(name) else None
+
+
+@dataclass(frozen=True)
+class TrustMap:
+    """For each (route, message type), the services declared to publish it."""
+
+    senders: Mapping[tuple[Route, str], frozenset[str]]
+    services: frozenset[str]
+    introducers: frozenset[str]
+
+    @classmethod
+    def from_declarations(cls, declarations: Iterable[ServiceDeclaration]) -> TrustMap:
+        declared = list(declarations)
+        if not declared:
+            raise TrustConfigError("a trust map needs the services' declarations")
+        types: set[tuple[Route, str]] = set()
+        for declaration in declared:
+            types.update((emit.route, emit.message_type) for emit in declaration.emits)
+            types.update((Route.COMMAND, name) for name in declaration.requests)
+        senders = {key: senders_of(declared, *key) for key in types}
+        return cls(
+            senders=senders,
+            services=frozenset(d.name for d in declared),
+            introducers=frozenset(d.name for d in declared if d.introduces_users),
+        )
+
+    def allows(self, service: str, route: Route, message_type: str) -> bool:
+        return service in self.senders.get((route, message_type), frozenset())
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """Who published a delivery, where, and whether it is a first delivery."""
+
+    publisher: str
+    destination: Destination
+    first_delivery: bool
+
+
+class TrustPolicy:
+    """A consumer's trust checks: the publisher, then the signature and origin."""
+
+    def __init__(
+        self,
+        service: str,
+        trust_map: TrustMap,
+        topology: Topology,
+        *,
+        accounts: Accounts | None = None,
+        verifier: Verifier | None = None,
+    ) -> None:
+        self.service = service
+        self.trust_map = trust_map
+        self.topology = topology
+        self.accounts = accounts or Accounts()
+        self.verifier = verifier
+
+    def admit(
+        self,
+        message: AbstractIncomingMessage,
+        spec: HandlerSpec[Any],
+        principal: Principal,
+    ) -> Origin | None:
+        """Raise a MessageRejected unless the message may be believed."""
+        provenance = self.provenance(message, spec)
+        if not self.trust_map.allows(
+            provenance.publisher, spec.route, spec.message_type
+        ):
+            raise UntrustedPublisher(
+                f"{provenance.publisher} is not declared to publish "
+                f"{spec.route.value} {spec.message_type}"
+            )
+        if self.verifier is None:
+            return None
+        return self.verifier.verify(
+            message.headers or {},
+            publisher=provenance.publisher,
+            route=provenance.destination,
+            message_id=message.message_id or "",
+            body=message.body,
+            principal=principal,
+            first_delivery=provenance.first_delivery,
+        )
+
+    def provenance(
+        self, message: AbstractIncomingMessage, spec: HandlerSpec[Any]
+    ) -> Provenance:
+        account = message.user_id
+        if not account:
+            raise UntrustedPublisher("the message has no user_id")
+        publisher = self._service_of(account)
+        if message.exchange != self.topology.redeliver:
+            destination = Destination(
+                message.exchange or "", message.routing_key or "", message.type or ""
+            )
+            return Provenance(publisher, destination, not message.redelivered)
+
+        # Our own retry, back from its retry queue: only our account puts it there.
+        if publisher != self.service:
+            raise UntrustedPublisher(
+                f"{publisher} put a message into {self.service}'s retry path"
+            )
+        original = (message.headers or {}).get(h.ORIGINAL_PUBLISHER, account)
+        if type(original) is not str:
+            raise UntrustedPublisher(f"{h.ORIGINAL_PUBLISHER} must be a string")
+        destination = Destination(
+            self.topology.exchange_for(spec.route),
+            spec.message_type,
+            message.type or "",
+        )
+        return Provenance(self._service_of(original), destination, False)
+
+    def _service_of(self, account: str) -> str:
+        service = self.accounts.service(account)
+        if service is None or service not in self.trust_map.services:
+            raise UntrustedPublisher(f"account {account!r} is no declared service")
+        return service
+
+
+def build_trust(
+    settings: BrokerSettings,
+    service: str,
+    declarations: Iterable[ServiceDeclaration],
+    *,
+    topology: Topology | None = None,
+) -> tuple[TrustPolicy | None, Signer | None]:
+    """The consumer's trust policy and the publisher's signer the settings ask for.
+
+    Raises TrustConfigError when the settings contradict each other, so that a
+    service refuses to start instead of running with less protection than asked.
+    """
+    declared = list(declarations)
+    own = next((d for d in declared if d.name == service), None)
+    if (settings.trust_publishers or settings.require_signatures) and own is None:
+        raise TrustConfigError(f"no declaration of {service!r} among the declarations")
+    if settings.require_signatures and not settings.trust_publishers:
+        raise TrustConfigError(
+            "require_signatures is on but trust_publishers is off: a signature is "
+            "only meaningful once the publisher is checked"
+        )
+
+    signer = None
+    if settings.signing_key_file is not None:
+        key = SigningKey.load(settings.signing_key_file)
+        if key.service != service:
+            raise TrustConfigError(
+                f"the signing key {key.kid} belongs to {key.service}, not {service}"
+            )
+        signer = Signer(
+            key,
+            introduces_users=own is not None and own.introduces_users,
+            ttl=settings.signature_ttl,
+            origin_ttl=settings.origin_ttl,
+        )
+    elif settings.require_signatures:
+        raise TrustConfigError("require_signatures is on but there is no signing key")
+
+    if not settings.trust_publishers:
+        return None, signer
+    trust_map = TrustMap.from_declarations(declared)
+    verifier = None
+    if settings.require_signatures:
+        verifier = _verifier(settings, trust_map)
+    policy = TrustPolicy(
+        service,
+        trust_map,
+        topology or settings.topology(),
+        accounts=Accounts(settings.account_prefix),
+        verifier=verifier,
+    )
+    return policy, signer
+
+
+def _verifier(settings: BrokerSettings, trust_map: TrustMap) -> Verifier:
+    if settings.keyring_file is None:
+        raise TrustConfigError("require_signatures is on but there is no key ring")
+    ring = KeyRing.load(settings.keyring_file)
+    unknown = {key.service for key in ring} - trust_map.services
+    if unknown:
+        logger.warning("the key ring holds keys of undeclared services: %s", unknown)
+    if not len(ring):
+        raise TrustConfigError("require_signatures is on but the key ring is empty")
+    return Verifier(ring, introducers=trust_map.introducers)
