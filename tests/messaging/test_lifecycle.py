@@ -1,0 +1,264 @@
+"""A consumer's life on a real broker: graceful stop, lost connections, poison frames.
+
+The connection tests close the consumer's connection from the broker side with
+``rabbitmqctl``, as an operator, a broker restart or a network cut would, and
+then count how often the handler ran for each message id.
+
+What the design guarantees, and these tests hold it to: a message acked before
+the connection dropped is never handled again; a message whose handler was
+running when the connection dropped is handled again on the new connection
+(at-least-once: its ack died with the channel), so a handler must be
+idempotent; no message is lost either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from collections.abc import Awaitable, Callable
+
+import pytest
+from pamqp import frame, header
+from pamqp.exceptions import UnmarshalingException
+
+from messaging.consumer import Consumer
+from messaging.handlers import Context
+from messaging.identity import encode_principal
+from messaging.settings import BrokerSettings
+from tests.conftest import Broker
+from tests.messaging.conftest import (
+    ECHO,
+    Calls,
+    Say,
+    StartConsumer,
+    alice,
+    send,
+    service_name,
+    spec,
+    wait_depth,
+)
+from tests.messaging.raw_amqp import RawPublisher, properties
+
+pytestmark = pytest.mark.broker
+
+needs_rabbitmqctl = pytest.mark.skipif(
+    shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl on this machine"
+)
+
+
+async def _rabbitmqctl(*args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        "rabbitmqctl",
+        "-q",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {err.decode()}")
+    return out.decode()
+
+
+async def _close_connection(name: str) -> None:
+    """Close, from the broker side, the one connection called `name`."""
+    listing = await _rabbitmqctl(
+        "list_connections", "--no-table-headers", "pid", "client_properties"
+    )
+    marker = f'{{"connection_name","{name}"}}'
+    pids = [line.split("\t", 1)[0] for line in listing.splitlines() if marker in line]
+    assert len(pids) == 1, f"expected one connection named {name}, found {pids}"
+    await _rabbitmqctl("close_connection", pids[0], "closed by a Baton test")
+
+
+async def _unacked(queue: str) -> int:
+    """Messages of `queue` delivered to a consumer and not yet acked."""
+    listing = await _rabbitmqctl(
+        "list_queues", "--no-table-headers", "name", "messages_unacknowledged"
+    )
+    for line in listing.splitlines():
+        name, _, count = line.partition("\t")
+        if name == queue:
+            return int(count)
+    raise AssertionError(f"queue {queue} is not on the broker")
+
+
+async def _until(
+    what: str, check: Callable[[], bool | Awaitable[bool]], timeout: float = 20.0
+) -> None:
+    """Poll `check` until it holds, failing with `what` after `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+async def _all_acked(queue: str) -> bool:
+    return await _unacked(queue) == 0
+
+
+async def _reconnected(consumer: Consumer, times: int = 1) -> None:
+    await _until(
+        f"the consumer reconnected {times} times",
+        lambda: consumer.link.reconnects >= times and consumer.link.is_ready,
+    )
+
+
+@pytest.mark.asyncio
+async def test_stop_lets_running_handlers_finish_and_ack(
+    broker: Broker, start_consumer: StartConsumer, settings: BrokerSettings
+) -> None:
+    calls = Calls()
+    finished: list[str] = []
+
+    async def slow(context: Context, payload: Say) -> None:
+        calls.record(context, payload)
+        await asyncio.sleep(0.5)
+        finished.append(context.message_id)
+
+    service = service_name()
+    consumer = await start_consumer(service, [spec(slow)])
+    sent = [await send(broker) for _ in range(3)]
+    await calls.wait_for(lambda: len(calls.seen) == len(sent))
+    await consumer.stop()
+
+    assert sorted(finished) == sorted(sent)
+    assert await broker.depth(settings.topology().service_queue(service)) == 0
+
+    # A new consumer of the same queue sees only what is sent afterwards: had
+    # anything been requeued, it would come before the marker.
+    later = Calls()
+    await start_consumer(service, [spec(later.handler())])
+    marker = await send(broker)
+    await later.wait_for(lambda: later.count(marker) == 1)
+    assert [message_id for message_id, _, _ in later.seen] == [marker]
+
+
+@pytest.mark.admin
+@needs_rabbitmqctl
+@pytest.mark.asyncio
+async def test_a_dropped_connection_is_restored_without_loss_or_double_handling(
+    broker: Broker, start_consumer: StartConsumer, settings: BrokerSettings
+) -> None:
+    calls = Calls()
+    service = service_name()
+    consumer = await start_consumer(service, [spec(calls.handler())])
+    work = settings.topology().service_queue(service)
+    before = [await send(broker) for _ in range(5)]
+    await calls.wait_for(lambda: all(calls.count(m) for m in before))
+    await _until("every ack reached the broker", lambda: _all_acked(work))
+
+    await _close_connection(f"baton:{service}")
+    await _reconnected(consumer)
+    after = [await send(broker) for _ in range(5)]
+    await calls.wait_for(lambda: all(calls.count(m) for m in after))
+    await consumer.stop()
+
+    assert {m: calls.count(m) for m in before + after} == dict.fromkeys(
+        before + after, 1
+    )
+    assert await broker.depth(work) == 0
+
+
+@pytest.mark.admin
+@needs_rabbitmqctl
+@pytest.mark.asyncio
+async def test_a_message_in_flight_at_the_drop_is_handled_again_and_acked(
+    broker: Broker, start_consumer: StartConsumer, settings: BrokerSettings
+) -> None:
+    calls = Calls()
+    release = asyncio.Event()
+
+    async def blocking_once(context: Context, payload: Say) -> None:
+        calls.record(context, payload)
+        if calls.count(context.message_id) == 1:
+            await release.wait()
+
+    # rabbitmqctl takes seconds; the handler must not time out meanwhile, or
+    # the message would come back through the retry queue instead.
+    patient = settings.model_copy(update={"handler_timeout": 60.0})
+    service = service_name()
+    consumer = await start_consumer(service, [spec(blocking_once)], settings_=patient)
+    in_flight = await send(broker)
+    await calls.wait_for(lambda: calls.count(in_flight) == 1)
+
+    await _close_connection(f"baton:{service}")
+    await _reconnected(consumer)
+    release.set()
+    await calls.wait_for(lambda: calls.count(in_flight) == 2)
+    neighbour = await send(broker)
+    await calls.wait_for(lambda: calls.count(neighbour) == 1)
+    await consumer.stop()
+
+    topology = settings.topology()
+    # At-least-once: the first ack was lost with the channel, so the broker
+    # redelivered the message as it was (attempt 0), not through a retry.
+    assert calls.attempts(in_flight) == [0, 0]
+    assert await broker.depth(topology.service_queue(service)) == 0
+    assert await broker.depth(topology.dead_queue(service)) == 0
+    assert await broker.depth(topology.quarantine_queue(service)) == 0
+
+
+@pytest.mark.admin
+@needs_rabbitmqctl
+@pytest.mark.asyncio
+async def test_a_poison_frame_ends_in_quarantine_and_its_neighbours_are_handled(
+    amqp_url: str,
+    broker: Broker,
+    start_consumer: StartConsumer,
+    settings: BrokerSettings,
+) -> None:
+    # pamqp cannot decode a header key that is not UTF-8: each delivery of this
+    # message kills the consumer's connection. Only the quorum queue's delivery
+    # limit can take it out of the way.
+    limited = settings.model_copy(update={"delivery_limit": 3})
+    calls = Calls()
+    service = service_name()
+    consumer = await start_consumer(service, [spec(calls.handler())], settings_=limited)
+    topology = limited.topology()
+
+    first = await send(broker)
+    poison_id = uuid.uuid4().hex
+    raw = await RawPublisher.connect(amqp_url)
+    try:
+        headers = {**encode_principal(alice()), "zz-poison": 1}
+        await raw.publish(
+            topology.commands,
+            ECHO,
+            Say(text="poison").model_dump_json().encode(),
+            properties(poison_id, ECHO, **headers),
+            patch=(b"zz-poison", b"zz-\xff\xfe\xfd\xfc\xfb\xfa"),
+        )
+    finally:
+        await raw.close()
+    rest = [await send(broker) for _ in range(3)]
+
+    quarantine = topology.quarantine_queue(service)
+    assert await wait_depth(broker, quarantine, 1, timeout=60) == 1
+    await calls.wait_for(lambda: all(calls.count(m) for m in [first, *rest]), 30)
+    await _reconnected(consumer, limited.delivery_limit)
+    after = await send(broker)
+    await calls.wait_for(lambda: calls.count(after) == 1)
+    await consumer.stop()
+
+    assert calls.count(poison_id) == 0
+    assert await broker.depth(topology.service_queue(service)) == 0
+    assert await broker.depth(topology.dead_queue(service)) == 0
+    assert await broker.depth(quarantine) == 1  # the poison, and only it
+
+
+def test_the_poison_patch_really_is_undecodable() -> None:
+    # Guards the test above against a pamqp that learns to decode such keys.
+    encoded = frame.marshal(
+        header.ContentHeader(0, 2, properties("m", ECHO, **{"zz-poison": 1})), 1
+    )
+    broken = encoded.replace(b"zz-poison", b"zz-\xff\xfe\xfd\xfc\xfb\xfa")
+    with pytest.raises(UnmarshalingException, match="utf-8"):
+        frame.unmarshal(broken)
