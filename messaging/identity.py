@@ -172,7 +172,9 @@ def decode_principal(headers: Headers | Sequence[tuple[str, Any]] | None) -> Pri
 
     for key in table:
         if _in_namespace(key) and key not in h.KNOWN_HEADERS:
-            raise UnknownHeader(key, "is in the baton- namespace but not defined")
+            raise UnknownHeader(
+                _printable(key), "is in the baton- namespace but not defined"
+            )
 
     version = _required(table, h.VERSION)
     if type(version) is not int:
@@ -239,7 +241,9 @@ def _as_table(headers: Headers | Sequence[tuple[str, Any]] | None) -> Headers:
     table: dict[str, Any] = {}
     for key, value in headers:
         if key in table:
-            raise DuplicateHeader(key, "appears more than once in the header table")
+            raise DuplicateHeader(
+                _printable(key), "appears more than once in the header table"
+            )
         table[key] = value
     return table
 
@@ -335,10 +339,16 @@ def _size(subject: str, tenant: str | None, roles: list[str], actors: list[str])
     return size
 
 
-def _in_namespace(key: str) -> bool:
+def _in_namespace(key: object) -> bool:
     # ASCII case is ignored, so that "Baton-Subject" is refused rather than
     # skipped: a client library with case-insensitive header maps would read it.
-    return key[: len(h.NAMESPACE)].lower() == h.NAMESPACE
+    return isinstance(key, str) and key[: len(h.NAMESPACE)].lower() == h.NAMESPACE
+
+
+def _printable(key: str) -> str:
+    # A key is named in errors and log lines: one holding a line break or an
+    # invisible character is shown escaped, so it cannot forge or hide a line.
+    return key if key.isprintable() else ascii(key)
 
 
 def _kind(value: object) -> str:

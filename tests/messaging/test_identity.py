@@ -267,3 +267,25 @@ def test_error_messages_escape_and_shorten_hostile_values():
 
     assert "\n" not in str(caught.value)
     assert "x" * 100 not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "key", ["baton-x\nbaton-internal: true", "baton-\u202eadmin", "baton-a\u200b"]
+)
+def test_unknown_keys_are_named_escaped_when_they_hide_characters(key):
+    table = {**encode_principal(alice()), key: True}
+
+    with pytest.raises(UnknownHeader) as caught:
+        decode_principal(table)
+
+    assert caught.value.header == ascii(key)
+    assert str(caught.value).isprintable()
+
+
+def test_a_repeated_key_with_a_line_break_is_named_escaped():
+    pairs = [*encode_principal(alice()).items(), ("x\ny", 1), ("x\ny", 2)]
+
+    with pytest.raises(DuplicateHeader) as caught:
+        decode_principal(pairs)
+
+    assert caught.value.header == "'x\\ny'"
