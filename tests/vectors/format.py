@@ -138,6 +138,9 @@ def _longstr(typed: TypedValue) -> bytes:
 
 def _integer(typed: TypedValue) -> bytes:
     value = typed["value"]
+    if "tag" in typed:
+        tag = typed["tag"]
+        return tag.encode() + struct.pack(_INTEGER_TAGS[tag], value)
     for tag, fmt, low, high in _INTEGER_WIDTHS:
         if low <= value <= high:
             return tag + struct.pack(fmt, value)
@@ -170,6 +173,17 @@ _INTEGER_WIDTHS = (
     (b"I", ">i", -(2**31), 2**31 - 1),
     (b"l", ">q", -(2**63), 2**63 - 1),
 )
+
+# Every integer tag RabbitMQ accepts, for a vector that pins one with "tag".
+_INTEGER_TAGS = {
+    "b": ">b",
+    "B": ">B",
+    "s": ">h",
+    "u": ">H",
+    "I": ">i",
+    "i": ">I",
+    "l": ">q",
+}
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "longstr": (str,),
