@@ -2,7 +2,12 @@
 
 Every Baton header lives in one namespace, ``baton-``. RabbitMQ owns ``x-``
 (``x-death``, ``x-delivery-count``), so nothing of ours starts with it. A key in
-our namespace that is not listed here is refused by the decoder.
+our namespace (matched ignoring ASCII case) that is not listed here is refused by
+the identity decoder, so adding one needs every receiver updated first.
+
+The namespace holds three groups. Identity decoding reads only the identity
+headers and ignores the transport and signing ones, whatever their value: their
+own readers check them. ``docs/protocol.md`` is the contract for all of them.
 """
 
 from __future__ import annotations
