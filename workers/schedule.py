@@ -104,7 +104,7 @@ class Missed:
         """
         tick = schedule.latest(now)
         if last is None:
-            last = schedule.before(tick)
+            return [tick] if now - tick <= self.grace else []
         due: list[datetime] = []
         missed = 0
         while tick > last:

@@ -18,7 +18,7 @@ class WorkerSettings(BaseSettings):
     # while it sleeps is picked up within one poll.
     scheduler_poll: float = Field(default=5.0, gt=0, le=3600)
     # Standing refreshes run at most this often, whatever a user asks for.
-    min_refresh_seconds: int = Field(default=60, ge=1)
+    min_refresh_minutes: int = Field(default=1, ge=1)
 
     def database(self, service: str) -> Path:
         """The SQLite file that holds `service`'s state."""

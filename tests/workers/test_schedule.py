@@ -46,6 +46,7 @@ def test_an_interval_under_a_second_is_refused() -> None:
 def test_a_new_job_fires_only_an_on_time_tick() -> None:
     assert SKIP.due(FIVE_MINUTES, None, at(5.5)) == [at(5)]
     assert SKIP.due(FIVE_MINUTES, None, at(7.5)) == []
+    assert catch_up(5).due(FIVE_MINUTES, None, at(7.5)) == []
 
 
 def test_skip_drops_the_ticks_missed_during_downtime() -> None:

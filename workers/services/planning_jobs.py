@@ -1,0 +1,105 @@
+"""The scheduler's part in the reference system: standing refreshes and pruning.
+
+A user asks for a standing refresh (``plan.schedule_refresh``); the scheduler
+keeps it and, on every tick, sends ``plan.refresh`` on that user's behalf with
+the roles the user held when they asked, never more. Pruning stale plans runs
+as the scheduler's own service principal with the ``maintenance`` role.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from contracts import (
+    PLAN_PRUNE,
+    PLAN_REFRESH,
+    PLAN_SCHEDULE_REFRESH,
+    PlanPrune,
+    PlanRefresh,
+    PlanScheduleRefresh,
+)
+from workers.context import ServiceContext
+from workers.schedule import SKIP, Cron, Every, catch_up
+from workers.scheduler import Job, Scheduler, SchedulerStore
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS standing_refresh (
+    subject        TEXT NOT NULL,
+    plan_id        TEXT NOT NULL,
+    roles          TEXT NOT NULL,
+    tenant         TEXT,
+    every_minutes  INTEGER NOT NULL,
+    created_at     TEXT NOT NULL,
+    PRIMARY KEY (subject, plan_id)
+);
+"""
+
+PRUNE_AT = "17 3 * * *"
+PRUNE_AFTER_DAYS = 90
+
+
+def open_scheduler_store(path: Path) -> SchedulerStore:
+    """The scheduler's database, with the table of standing refreshes."""
+    return SchedulerStore(path, SCHEMA)
+
+
+def add_planning_jobs(
+    scheduler: Scheduler, *, min_minutes: int = 1, prune_at: str = PRUNE_AT
+) -> None:
+    """Teach `scheduler` the reference system's jobs.
+
+    `min_minutes` is the shortest interval a user's standing refresh may have:
+    a faster one is kept at this interval.
+    """
+    store = scheduler.store
+    service = scheduler.service
+    service.emits(PLAN_REFRESH)
+
+    @service.handles(PLAN_SCHEDULE_REFRESH)
+    async def register(ctx: ServiceContext, cmd: PlanScheduleRefresh) -> None:
+        principal = ctx.principal
+        async with ctx.once(store) as tx:
+            tx.execute(
+                "INSERT INTO standing_refresh VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (subject, plan_id) DO UPDATE SET "
+                "roles = excluded.roles, tenant = excluded.tenant, "
+                "every_minutes = excluded.every_minutes",
+                (
+                    principal.subject,
+                    cmd.plan_id,
+                    json.dumps(sorted(principal.roles)),
+                    principal.tenant,
+                    max(cmd.every_minutes, min_minutes),
+                    datetime.now(UTC).isoformat(),
+                ),
+            )
+
+    async def standing_jobs() -> list[Job]:
+        rows = await store.query("SELECT * FROM standing_refresh ORDER BY rowid")
+        return [
+            Job(
+                name=f"refresh/{row['subject']}/{row['plan_id']}",
+                schedule=Every(timedelta(minutes=row["every_minutes"])),
+                principal=scheduler.for_user(
+                    row["subject"], json.loads(row["roles"]), row["tenant"]
+                ),
+                contract=PLAN_REFRESH,
+                payload=PlanRefresh(plan_id=row["plan_id"]),
+                missed=SKIP,
+            )
+            for row in rows
+        ]
+
+    scheduler.add_source(standing_jobs)
+    scheduler.add(
+        Job(
+            name="prune-stale-plans",
+            schedule=Cron(prune_at),
+            principal=scheduler.as_itself(["maintenance"]),
+            contract=PLAN_PRUNE,
+            payload=PlanPrune(older_than_days=PRUNE_AFTER_DAYS),
+            missed=catch_up(1),
+        )
+    )
