@@ -139,8 +139,8 @@ def _longstr(typed: TypedValue) -> bytes:
 def _integer(typed: TypedValue) -> bytes:
     value = typed["value"]
     if "tag" in typed:
-        tag = typed["tag"]
-        return tag.encode() + struct.pack(_INTEGER_TAGS[tag], value)
+        pinned: str = typed["tag"]
+        return pinned.encode() + struct.pack(_INTEGER_TAGS[pinned], value)
     for tag, fmt, low, high in _INTEGER_WIDTHS:
         if low <= value <= high:
             return tag + struct.pack(fmt, value)
