@@ -28,6 +28,7 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
 )
+from pamqp.commands import Basic
 from pydantic import BaseModel
 
 from messaging import headers as h
@@ -137,6 +138,8 @@ class Consumer:
             )
         channel = await connection.channel(publisher_confirms=False)
         self.link.watch(channel)
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._on_cancelled_by_broker)
         self._channel = channel
 
         prefetch = self.settings.prefetch
@@ -156,6 +159,19 @@ class Consumer:
             logger.info(
                 "%s: consuming %s (prefetch %d)", self.service, queue.name, prefetch
             )
+
+    def _on_cancelled_by_broker(self, frame: Basic.Cancel) -> None:
+        # The broker drops a consumer whose queue was deleted or lost its
+        # leader; the channel stays open, so nothing else would notice that
+        # this worker has stopped taking messages.
+        if self._stopping:
+            return
+        logger.warning(
+            "%s: the broker cancelled consumer %s, reconnecting to restore it",
+            self.service,
+            frame.consumer_tag,
+        )
+        self.link.mark_lost()
 
     async def _cancel_consumer(self) -> None:
         queue, tag = self._queue, self._consumer_tag

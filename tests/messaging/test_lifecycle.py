@@ -262,3 +262,27 @@ def test_the_poison_patch_really_is_undecodable() -> None:
     broken = encoded.replace(b"zz-poison", b"zz-\xff\xfe\xfd\xfc\xfb\xfa")
     with pytest.raises(UnmarshalingException, match="utf-8"):
         frame.unmarshal(broken)
+
+
+@pytest.mark.asyncio
+async def test_a_consumer_cancelled_by_the_broker_is_restored(
+    broker: Broker, start_consumer: StartConsumer, settings: BrokerSettings
+) -> None:
+    calls = Calls()
+    service = service_name()
+    consumer = await start_consumer(service, [spec(calls.handler())])
+    first = await send(broker)
+    await calls.wait_for(lambda: calls.count(first) == 1)
+
+    # Deleting the queue makes the broker cancel the consumer (Basic.Cancel)
+    # while the connection and the channel stay open.
+    channel = await broker.connection.channel()
+    try:
+        await channel.queue_delete(settings.topology().service_queue(service))
+    finally:
+        await channel.close()
+    await _reconnected(consumer)
+    later = await send(broker)
+
+    await calls.wait_for(lambda: calls.count(later) == 1)
+    assert calls.count(first) == 1
