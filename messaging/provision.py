@@ -261,6 +261,10 @@ class Management:
             {"exchange": exchange, "write": NOTHING, "read": NOTHING},
         )
 
+    def load_definitions(self, document: Mapping[str, Any]) -> None:
+        """Import a definitions document, as the broker does with one at boot."""
+        self._request("POST", "/api/definitions", json=document)
+
     def remove(self, vhost: str | None, users: Iterable[str]) -> None:
         """Delete accounts and the vhost; missing ones are not an error."""
         for user in users:

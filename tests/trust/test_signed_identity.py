@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 
+import aio_pika
 import pytest
 
 from messaging.identity import Origin, Principal, encode_principal
@@ -43,6 +44,20 @@ def signed(
     headers: dict[str, object] = dict(encode_principal(principal))
     headers.update(signer.sign(destination, message_id, body, principal))
     return headers
+
+
+async def publish_event_as_core(
+    deployment: Deployment, headers: dict[str, object], message_id: str
+) -> None:
+    await publish_as(
+        deployment,
+        "core",
+        PLACED,
+        body=BODY,
+        headers=headers,
+        message_id=message_id,
+        exchange=f"{deployment.prefix}.events",
+    )
 
 
 def to_core(deployment: Deployment, message_type: str = PLACE) -> Destination:
@@ -219,15 +234,7 @@ async def test_a_worker_cannot_mint_a_user_it_never_received(
         deployment.key("core"), mallory, event, message_id, introduces_users=True
     )
 
-    await publish_as(
-        deployment,
-        "core",
-        PLACED,
-        body=BODY,
-        headers=headers,
-        message_id=message_id,
-        exchange=f"{deployment.prefix}.events",
-    )
+    await publish_event_as_core(deployment, headers, message_id)
 
     ((_, code, reason),) = await parked(deployment, "audit", 1)
     assert code == "UnprovenPrincipal"
@@ -249,15 +256,7 @@ async def test_a_worker_cannot_add_roles_to_the_user_it_passes_on(
     # The origin alice's edge vouched for, carried along as a hop would.
     headers["baton-origin-assertion"] = edge_signed["baton-origin-assertion"]
 
-    await publish_as(
-        deployment,
-        "core",
-        PLACED,
-        body=BODY,
-        headers=headers,
-        message_id=message_id,
-        exchange=f"{deployment.prefix}.events",
-    )
+    await publish_event_as_core(deployment, headers, message_id)
 
     ((_, code, reason),) = await parked(deployment, "audit", 1)
     assert code == "UnprovenPrincipal"
@@ -294,8 +293,6 @@ async def test_an_account_that_is_no_declared_service_is_refused(
     exchange = await channel.get_exchange(f"{deployment.prefix}.commands", ensure=False)
     message_id = uuid.uuid4().hex
     headers = signed(deployment.key("edge"), alice(), to_core(deployment), message_id)
-    import aio_pika
-
     await exchange.publish(
         aio_pika.Message(
             BODY,

@@ -1,0 +1,186 @@
+"""The startup self-check refuses a service whose account can do more than declared."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import aio_pika
+import pytest
+
+from baton.cli import main as baton
+from messaging.errors import TrustConfigError
+from messaging.provision import NOTHING, Management, definitions, plan
+from messaging.selfcheck import UnsafeToStart, verify_startup
+from messaging.settings import BrokerSettings
+from messaging.trust import Accounts, build_trust
+from tests.trust.conftest import Deployment
+from tests.trust.services import DECLARATIONS
+
+pytestmark = [pytest.mark.broker]
+
+
+def check(deployment: Deployment, service: str) -> None:
+    verify_startup(
+        deployment.settings(service), service, DECLARATIONS, vhost=deployment.vhost
+    )
+
+
+def test_a_freshly_provisioned_account_passes(deployment: Deployment) -> None:
+    for service in ("edge", "core", "audit"):
+        check(deployment, service)
+
+
+def test_an_account_with_broader_write_rights_refuses_to_start(
+    deployment: Deployment, management: Management
+) -> None:
+    user = deployment.accounts.of("audit")
+    management.put(
+        f"/api/permissions/{quote(deployment.vhost, safe='')}/{user}",
+        {"configure": NOTHING, "write": ".*", "read": NOTHING},
+    )
+
+    with pytest.raises(UnsafeToStart) as refused:
+        check(deployment, "audit")
+
+    assert f"broker account {user} may write '.*'" in str(refused.value)
+
+
+def test_the_impersonator_tag_refuses_to_start(
+    deployment: Deployment, management: Management
+) -> None:
+    user = deployment.accounts.of("core")
+    management.put(
+        f"/api/users/{user}",
+        {"password": deployment.passwords[user], "tags": "impersonator"},
+    )
+
+    with pytest.raises(UnsafeToStart) as refused:
+        check(deployment, "core")
+
+    assert "can forge any user_id" in str(refused.value)
+
+
+def test_missing_topic_rights_refuse_to_start(
+    deployment: Deployment, management: Management
+) -> None:
+    user = deployment.accounts.of("edge")
+    management.delete(
+        f"/api/topic-permissions/{quote(deployment.vhost, safe='')}/{user}"
+    )
+
+    with pytest.raises(UnsafeToStart) as refused:
+        check(deployment, "edge")
+
+    assert "no topic rights" in str(refused.value)
+    assert "any routing key" in str(refused.value)
+
+
+def test_provision_check_reports_a_tampered_account(
+    deployment: Deployment, management: Management, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "provision",
+        "--check",
+        "--declarations",
+        "tests.trust.services:DECLARATIONS",
+        "--vhost",
+        deployment.vhost,
+        "--prefix",
+        deployment.prefix,
+        "--account-prefix",
+        deployment.accounts.prefix,
+    ]
+    assert baton(args) == 0
+
+    user = deployment.accounts.of("edge")
+    management.put(
+        f"/api/permissions/{quote(deployment.vhost, safe='')}/{user}",
+        {"configure": ".*", "write": ".*", "read": ".*"},
+    )
+
+    assert baton(args) == 1
+    assert f"broker account {user} may configure '.*'" in capsys.readouterr().err
+
+
+def test_signing_required_without_a_key_refuses_to_start(
+    deployment: Deployment,
+) -> None:
+    settings = deployment.settings("core", signing_key_file=None)
+
+    with pytest.raises(UnsafeToStart) as refused:
+        verify_startup(settings, "core", DECLARATIONS, vhost=deployment.vhost)
+
+    assert "no signing key" in str(refused.value)
+
+
+def test_trust_on_without_declarations_refuses_to_start() -> None:
+    settings = BrokerSettings(trust_publishers=True)
+
+    with pytest.raises(UnsafeToStart) as refused:
+        verify_startup(settings, "core", [])
+
+    assert "no declaration of 'core'" in str(refused.value)
+
+
+def test_signatures_without_the_publisher_check_is_a_contradiction(
+    deployment: Deployment,
+) -> None:
+    settings = deployment.settings("core", trust_publishers=False)
+
+    with pytest.raises(TrustConfigError, match="trust_publishers is off"):
+        build_trust(settings, "core", DECLARATIONS)
+
+
+def test_a_key_of_another_service_is_refused(deployment: Deployment) -> None:
+    settings = deployment.settings("core", signing_key_file=deployment.key_file("edge"))
+
+    with pytest.raises(TrustConfigError, match="belongs to edge, not core"):
+        build_trust(settings, "core", DECLARATIONS)
+
+
+@pytest.mark.asyncio
+async def test_exported_definitions_load_into_the_broker_and_the_accounts_log_in(
+    deployment: Deployment, management: Management, tmp_path: Path
+) -> None:
+    # The same plan, exported for a boot-time load into a vhost of its own.
+    accounts = Accounts(f"{deployment.accounts.prefix}x-")
+    grants = plan(
+        BrokerSettings(prefix=deployment.prefix).topology(), DECLARATIONS, accounts
+    )
+    passwords = {grant.user: f"pw-{grant.user}" for grant in grants}
+    vhost = f"{deployment.vhost}-boot"
+    document = definitions(vhost, grants, passwords)
+    try:
+        management.load_definitions(document)
+        user = accounts.of("core")
+        parts = urlsplit(deployment.amqp_url)
+        connection = await aio_pika.connect(
+            host=parts.hostname or "localhost",
+            port=parts.port or 5672,
+            login=user,
+            password=passwords[user],
+            virtualhost=vhost,
+        )
+        await connection.close()
+    finally:
+        management.remove(vhost, passwords)
+
+    assert {u["name"] for u in document["users"]} == set(passwords)
+    assert "guest" not in json.dumps(document["users"])
+    (core,) = (u for u in document["users"] if u["name"] == accounts.of("core"))
+    raw = base64.b64decode(core["password_hash"])
+    salt = raw[:4]
+    assert (
+        raw[4:] == hashlib.sha256(salt + b"pw-" + accounts.of("core").encode()).digest()
+    )
+
+
+def test_exporting_without_a_password_is_refused() -> None:
+    grants = plan(BrokerSettings().topology(), DECLARATIONS)
+
+    with pytest.raises(TrustConfigError, match="no password"):
+        definitions("/", grants, {})
