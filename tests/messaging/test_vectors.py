@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from messaging import errors
 from messaging.errors import IdentityError
 from messaging.identity import decode_principal
 from tests.vectors import format as vectors
@@ -35,6 +36,24 @@ def test_vector_names_are_unique():
 def test_each_vector_expects_exactly_one_outcome():
     for vector in VECTORS:
         assert (vector.principal is None) != (vector.error is None), vector.id
+
+
+def test_each_expectation_is_well_formed():
+    codes = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, IdentityError)
+    } - {"IdentityError"}
+    fields = {"subject", "kind", "roles", "origin", "internal", "actors", "tenant"}
+
+    for vector in VECTORS:
+        if vector.error is not None:
+            assert vector.error.keys() == {"code", "header"}, vector.id
+            assert vector.error["code"] in codes, vector.id
+        else:
+            assert vector.principal is not None
+            assert vector.principal.keys() == fields, vector.id
+            assert vector.principal["roles"] == sorted(vector.principal["roles"])
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=lambda vector: vector.id)
