@@ -65,3 +65,8 @@ def configure_logging(level: int | str = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # At DEBUG the AMQP client logs every frame it sends, bodies and identity
+    # headers included: never let it below INFO.
+    quiet = max(root.getEffectiveLevel(), logging.INFO)
+    for name in ("aiormq", "aio_pika"):
+        logging.getLogger(name).setLevel(quiet)
