@@ -19,20 +19,22 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from messaging.declaration import ServiceDeclaration
+from messaging.declaration import Emit, ServiceDeclaration
 from messaging.errors import TrustConfigError
 from messaging.provision import AccountGrant, Management, definitions, plan
 from messaging.selfcheck import check_grants, read_grant
 from messaging.settings import BrokerSettings
 from messaging.signing import KeyRing, SigningKey
+from messaging.topology import Route
 from messaging.trust import Accounts
 
-DEFAULT_DECLARATIONS = "workers.services:DECLARATIONS"
+DEFAULT_DECLARATIONS = "baton.provision_commands:reference_declarations"
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -161,9 +163,43 @@ def load_declarations(target: str) -> list[ServiceDeclaration]:
         )
     except (ImportError, AttributeError) as exc:
         raise TrustConfigError(f"cannot load declarations {target!r}: {exc}") from exc
-    declared = list(value)
+    declared = list(value() if callable(value) else value)
     if not declared or not all(isinstance(d, ServiceDeclaration) for d in declared):
         raise TrustConfigError(f"{target!r} is not a list of ServiceDeclaration")
+    return declared
+
+
+def reference_declarations() -> list[ServiceDeclaration]:
+    """The reference deployment: the edge, each reference service, the scheduler.
+
+    The services declare themselves when built, which opens their databases: they
+    are built over a throw-away directory and closed again.
+    """
+    from contracts import CATALOGUE, Mode
+    from workers.settings import WorkerSettings
+    from workers.system import SERVICES, build, build_scheduler
+
+    edge_commands = [
+        c for c in CATALOGUE.values() if c.http and c.route is Route.COMMAND
+    ]
+    edge = ServiceDeclaration(
+        name="edge",
+        emits=frozenset(
+            Emit(Route.COMMAND, c.name)
+            for c in edge_commands
+            if c.mode is Mode.ACCEPTED
+        ),
+        requests=frozenset(c.name for c in edge_commands if c.mode is Mode.REQUEST),
+        introduces_users=True,
+    )
+    declared = [edge]
+    with tempfile.TemporaryDirectory() as state:
+        settings = WorkerSettings(state_dir=Path(state))
+        for name in SERVICES:
+            part = build(name, settings)
+            declared.append(part.service.declaration())
+            part.close()
+        declared.append(build_scheduler(settings).service.declaration())
     return declared
 
 

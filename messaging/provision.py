@@ -4,8 +4,8 @@ From the topology and the services' declarations this module derives, for each
 service, the RabbitMQ permissions (configure, write and read regexes over resource
 names) and the topic permissions (routing-key regexes per topic exchange):
 
-    configure  its own queues and reply queues; the shared exchanges only when it
-               consumes (the runtime re-declares them, which needs configure)
+    configure  its own queues and reply queues, and the shared exchanges (every
+               process re-declares them on connect, which needs configure)
     write      the exchanges it publishes to: commands / events when it declared
                emits or requests, retry / dead / quarantine / replies when it
                consumes, and redeliver (the dead-letter exchange of its retry
@@ -109,8 +109,12 @@ def grant_for(
     configure = list(own_queues)
     write = list(own_queues)
     read = list(own_queues)
+    # Every process (re)declares the shared exchanges when it connects, which
+    # needs configure on them.
+    # TODO(when the runtime declares passively under provisioned accounts): drop
+    # this; configure also lets a service delete an exchange (availability).
+    configure += topology.exchanges()
     if consumes:
-        configure += topology.exchanges()
         # Declaring a queue with a dead-letter exchange needs write on it: the
         # retry queues dead-letter into redeliver, the work queue into quarantine.
         write += [topology.retry, topology.dead, topology.quarantine, topology.replies]

@@ -1,0 +1,78 @@
+"""The generated grants, checked against the declarations they come from."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from baton.provision_commands import load_declarations
+from messaging.declaration import ServiceDeclaration
+from messaging.errors import TrustConfigError
+from messaging.provision import AccountGrant, plan
+from messaging.topology import Route, Topology
+from tests.trust.services import DECLARATIONS
+
+TOPOLOGY = Topology(prefix="baton")
+
+
+def reference() -> list[ServiceDeclaration]:
+    return load_declarations("baton.provision_commands:reference_declarations")
+
+
+def matches(pattern: str, name: str) -> bool:
+    return re.search(pattern, name) is not None
+
+
+@pytest.mark.parametrize("declared", [DECLARATIONS, reference()], ids=["test", "ref"])
+def test_no_account_can_use_the_default_exchange(
+    declared: list[ServiceDeclaration],
+) -> None:
+    for grant in plan(TOPOLOGY, declared):
+        for name in ("", "amq.default"):
+            assert not matches(grant.write, name), (grant.user, name)
+            assert not matches(grant.read, name), (grant.user, name)
+
+
+@pytest.mark.parametrize("declared", [DECLARATIONS, reference()], ids=["test", "ref"])
+def test_topic_rights_are_exactly_the_declared_types(
+    declared: list[ServiceDeclaration],
+) -> None:
+    grants = {g.service: g for g in plan(TOPOLOGY, declared)}
+    all_types = {
+        *(s.message_type for d in declared for s in d.handlers),
+        *(e.message_type for d in declared for e in d.emits),
+        *(name for d in declared for name in d.requests),
+    }
+    for declaration in declared:
+        grant: AccountGrant = grants[declaration.name]
+        assert set(grant.topics) == {TOPOLOGY.commands, TOPOLOGY.events}
+        for route in Route:
+            write, read = grant.topics[TOPOLOGY.exchange_for(route)]
+            for message_type in all_types | {"#", "*", ""}:
+                assert matches(write, message_type) == declaration.publishes(
+                    route, message_type
+                ), (declaration.name, route, message_type)
+                handled = any(
+                    s.route is route and s.message_type == message_type
+                    for s in declaration.handlers
+                )
+                assert matches(read, message_type) == handled
+
+
+def test_no_account_may_read_or_configure_another_services_queues() -> None:
+    grants = plan(TOPOLOGY, reference())
+    for grant in grants:
+        for other in grants:
+            if other.service == grant.service:
+                continue
+            for queue in TOPOLOGY.service_queues(other.service):
+                assert not matches(grant.read, queue), (grant.user, queue)
+                assert not matches(grant.configure, queue), (grant.user, queue)
+            reply = TOPOLOGY.reply_queue(other.service, "0123456789ab")
+            assert not matches(grant.read, reply), (grant.user, reply)
+
+
+def test_a_service_named_like_an_exchange_is_refused() -> None:
+    with pytest.raises(TrustConfigError, match="named like an exchange"):
+        plan(TOPOLOGY, [ServiceDeclaration(name="commands")])
