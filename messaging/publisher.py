@@ -81,9 +81,7 @@ class Publisher:
         payload = body if isinstance(body, bytes) else body.model_dump_json().encode()
         if self.signer is not None:
             destination = Destination(exchange, routing_key, message_type)
-            table.update(
-                self.signer.sign(destination, message_id, payload, principal)
-            )
+            table.update(self.signer.sign(destination, message_id, payload, principal))
 
         message = aio_pika.Message(
             payload,
