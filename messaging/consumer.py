@@ -265,8 +265,9 @@ class Consumer:
         payload: BaseModel,
     ) -> None:
         token = enter_context(context)
+        deadline = asyncio.timeout(self.settings.handler_timeout)
         try:
-            async with asyncio.timeout(self.settings.handler_timeout):
+            async with deadline:
                 result = await spec.func(context, payload)
         except Reject as exc:
             await self._fail(message, context, exc, exc.reason, final=True)
@@ -277,7 +278,12 @@ class Consumer:
             await self._quarantine(message, exc)
             return
         except TimeoutError as exc:
-            reason = f"handler exceeded its {self.settings.handler_timeout}s deadline"
+            # A handler's own timeout (a slow upstream) is not our deadline.
+            reason = (
+                f"handler exceeded its {self.settings.handler_timeout}s deadline"
+                if deadline.expired()
+                else _describe(exc)
+            )
             await self._fail(message, context, exc, reason, final=False)
             return
         except asyncio.CancelledError:

@@ -150,6 +150,22 @@ async def test_a_handler_past_its_deadline_is_retried_and_the_consumer_goes_on(
     assert calls.attempts(slow_id) == [0, 1, 2]
 
 
+async def test_a_timeout_inside_the_handler_is_reported_as_its_own(
+    broker: Broker, start_consumer: StartConsumer, settings: BrokerSettings
+) -> None:
+    calls = Calls()
+    service = service_name()
+    await start_consumer(
+        service, [spec(calls.handler(TimeoutError("the tariff API timed out")))]
+    )
+    message_id = await send(broker)
+
+    [dead] = await broker.drain(settings.topology().dead_queue(service), expect=1)
+    assert dead.message_id == message_id
+    assert "the tariff API timed out" in str(dead.headers[h.FAILURE_REASON])
+    assert "deadline" not in str(dead.headers[h.FAILURE_REASON])
+
+
 def _deep_chain() -> Principal:
     return Principal(
         subject="alice",
