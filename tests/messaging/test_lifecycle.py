@@ -22,14 +22,19 @@ import pytest
 from pamqp import frame, header
 from pamqp.exceptions import UnmarshalingException
 
+from messaging.connection import Link
 from messaging.consumer import Consumer
+from messaging.errors import PublishError
 from messaging.handlers import Context
 from messaging.identity import encode_principal
+from messaging.publisher import Publisher
+from messaging.rpc import Requester
 from messaging.settings import BrokerSettings
 from tests.conftest import Broker
 from tests.messaging.conftest import (
     ECHO,
     Calls,
+    Said,
     Say,
     StartConsumer,
     alice,
@@ -286,3 +291,43 @@ async def test_a_consumer_cancelled_by_the_broker_is_restored(
 
     await calls.wait_for(lambda: calls.count(later) == 1)
     assert calls.count(first) == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.admin
+@needs_rabbitmqctl
+async def test_publisher_and_requester_work_again_after_their_connection_dropped(
+    start_consumer: StartConsumer, settings: BrokerSettings
+) -> None:
+    async def answer(context: Context, payload: Say) -> Said:
+        return Said(text=payload.text, by=context.principal.subject)
+
+    await start_consumer(service_name(), [spec(answer)])
+    name = f"baton:{service_name()}"
+    link = Link(settings.amqp_url, name=name)
+    publisher = Publisher(link, confirm_timeout=settings.confirm_timeout)
+    requester = Requester(link, publisher, settings.topology(), owner="edge")
+    await link.start()
+    await link.wait_ready(10)
+
+    async def ask(text: str) -> Said:
+        return await requester.request(
+            ECHO, Say(text=text), principal=alice(), reply_model=Said, timeout=10
+        )
+
+    try:
+        assert (await ask("before")).text == "before"
+        await _close_connection(name)
+        # While the link is down a caller gets a clear error, never a hang or
+        # someone else's answer.
+        try:
+            meanwhile = (await ask("meanwhile")).text
+        except PublishError as exc:
+            meanwhile = type(exc).__name__
+        await _until("the link is back", lambda: link.reconnects > 0 and link.is_ready)
+        assert (await ask("after")).text == "after"
+    finally:
+        await requester.close()
+        await publisher.close()
+        await link.stop()
+    assert meanwhile in {"meanwhile", "BrokerUnavailable", "PublishError"}
