@@ -26,6 +26,7 @@ from edge_api.settings import EdgeSettings
 from edge_api.state import Edge
 from edge_api.tokens import TokenVerifier
 from messaging.settings import BrokerSettings
+from messaging.signing import Signer
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +36,22 @@ def create_app(
     broker: BrokerSettings | None = None,
     *,
     catalogue: Iterable[Contract] | None = None,
+    signer: Signer | None = None,
 ) -> FastAPI:
-    """The edge as an ASGI app; the broker settings default to the environment."""
+    """The edge as an ASGI app; the broker settings default to the environment.
+
+    `signer` signs the identity of every command (see ``messaging.signing``);
+    its key must belong to the service named in ``edge_declaration()``.
+    """
     broker = broker or BrokerSettings()
     contracts = list(CATALOGUE.values() if catalogue is None else catalogue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keys = key_source(settings)
-        gateway = CommandGateway(broker, publish_timeout=settings.publish_timeout)
+        gateway = CommandGateway(
+            broker, publish_timeout=settings.publish_timeout, signer=signer
+        )
         receipts = Receipts(
             max_entries=settings.receipts_max, ttl=settings.receipts_ttl
         )

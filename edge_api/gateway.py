@@ -23,6 +23,7 @@ from messaging.identity import Principal
 from messaging.publisher import Publisher
 from messaging.rpc import Requester
 from messaging.settings import BrokerSettings
+from messaging.signing import Signer
 from messaging.topology import Topology
 
 logger = logging.getLogger(__name__)
@@ -37,12 +38,19 @@ class CommandGateway:
     """Sends commands for principals; the only broker client of the edge."""
 
     def __init__(
-        self, broker: BrokerSettings, *, publish_timeout: float, owner: str = "edge"
+        self,
+        broker: BrokerSettings,
+        *,
+        publish_timeout: float,
+        owner: str = "edge",
+        signer: Signer | None = None,
     ) -> None:
         self.topology: Topology = broker.topology()
         self.link = Link(broker.amqp_url, name=EDGE_CONNECTION, on_connect=self._setup)
         self._publish_timeout = publish_timeout
-        self.publisher = Publisher(self.link, confirm_timeout=publish_timeout)
+        self.publisher = Publisher(
+            self.link, confirm_timeout=publish_timeout, signer=signer
+        )
         self.requester = Requester(
             self.link, self.publisher, self.topology, owner=owner
         )

@@ -24,12 +24,15 @@ import httpx
 import jwt
 import pytest
 import pytest_asyncio
+from aio_pika.abc import AbstractIncomingMessage
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from fastapi import FastAPI
 
 from edge_api.app import create_app
 from edge_api.settings import EdgeSettings
 from messaging.settings import BrokerSettings
+from tests.conftest import Broker
+from tests.messaging.conftest import StartConsumer, start_consumer
 
 ISSUER = "https://idp.test/"
 AUDIENCE = "baton-edge"
@@ -218,7 +221,7 @@ async def run_edge(
 
 @pytest_asyncio.fixture
 async def edge(
-    edge_settings: EdgeSettings, settings: BrokerSettings, broker: Any
+    edge_settings: EdgeSettings, settings: BrokerSettings, broker: Broker
 ) -> AsyncIterator[RunningEdge]:
     """The edge app, started, with a client; `broker` cleans up its exchanges."""
     async for running in run_edge(edge_settings, settings):
@@ -227,3 +230,34 @@ async def edge(
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+# The worker side: a real consumer, started and stopped by the messaging tests'
+# own fixture (re-exported here so the edge tests can ask for it by name).
+__all__ = ["StartConsumer", "start_consumer"]
+
+
+@pytest_asyncio.fixture
+async def spy(broker: Broker, prefix: str) -> AsyncIterator[Spy]:
+    """A queue bound to every command: what the edge really put on the wire."""
+    name = f"{prefix}.spy"
+    broker.extra_queues.add(name)
+    channel = await broker.connection.channel()
+    try:
+        await broker.topology.declare_exchanges(channel)
+        queue = await channel.declare_queue(name, durable=False)
+        await queue.bind(broker.topology.commands, routing_key="#")
+    finally:
+        await channel.close()
+    yield Spy(broker, name)
+
+
+@dataclass
+class Spy:
+    broker: Broker
+    queue: str
+
+    async def take(self, expect: int = 1) -> list[AbstractIncomingMessage]:
+        taken = await self.broker.drain(self.queue, expect=expect, timeout=10)
+        assert len(taken) == expect, f"expected {expect} commands, got {len(taken)}"
+        return taken
