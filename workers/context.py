@@ -192,6 +192,7 @@ class GuardedPublisher(Publisher):
         # Wraps an open publisher; it has no channel of its own to set up.
         self._inner = inner
         self._context = context
+        self.signer = inner.signer
 
     @property
     def broker_user(self) -> str:

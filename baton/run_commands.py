@@ -1,0 +1,266 @@
+"""``baton run``, ``baton worker <service>`` and ``baton scheduler``.
+
+``baton run`` is the whole reference system in one process: the edge (when its
+package is installed), every reference service and the scheduler, against the
+broker at ``AMQP_URL``. ``baton worker <service>`` runs one service alone, as a
+container would; ``baton scheduler`` runs the scheduler alone. Each prints where
+its parts listen and stops cleanly on SIGINT or SIGTERM: no new messages are
+taken, the ones in flight finish and are acked, then the connections close.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import uvicorn
+
+from messaging.connection import redacted
+from messaging.errors import BrokerUnavailable
+from messaging.logcontext import configure_logging
+from messaging.settings import BrokerSettings
+from workers.scheduler import Scheduler
+from workers.settings import WorkerSettings
+from workers.system import SERVICES, Part, build, build_scheduler
+from workers.worker import Worker
+
+logger = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StartupFailed(Exception):
+    """A part of the system could not start; the message says which and why."""
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``run``, ``worker`` and ``scheduler`` to the ``baton`` command."""
+    run = commands.add_parser(
+        "run", help="run the edge, every reference service and the scheduler"
+    )
+    run.add_argument(
+        "--no-edge", action="store_true", help="run the services and scheduler only"
+    )
+    run.set_defaults(run=_run_all)
+
+    worker = commands.add_parser("worker", help="run one reference service alone")
+    worker.add_argument("service", choices=SERVICES)
+    worker.set_defaults(run=_run_worker)
+
+    scheduler = commands.add_parser("scheduler", help="run the scheduler alone")
+    scheduler.set_defaults(run=_run_scheduler)
+
+
+class Running(Protocol):
+    """A part of the system this process runs."""
+
+    name: str
+
+    async def start(self) -> str:
+        """Start, and say where the part listens."""
+        ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class ServicePart:
+    """A reference service: its worker and the database it writes."""
+
+    part: Part
+    broker: BrokerSettings
+    name: str = field(init=False)
+    worker: Worker | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.name = self.part.service.name
+
+    async def start(self) -> str:
+        self.worker = Worker(self.part.service, self.broker)
+        await self.worker.start()
+        return (
+            f"consuming {self.worker.queue} on {redacted(self.broker.amqp_url)}; "
+            f"state in {self.part.store.path}"
+        )
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            await self.worker.stop()
+        self.part.close()
+
+
+@dataclass
+class SchedulerPart:
+    """The scheduler: its order queue and its tick loop."""
+
+    scheduler: Scheduler
+    broker: BrokerSettings
+    name: str = "scheduler"
+
+    async def start(self) -> str:
+        await self.scheduler.start(self.broker)
+        queue = self.broker.topology().service_queue(self.scheduler.name)
+        jobs = len(await self.scheduler.jobs())
+        return (
+            f"consuming {queue} on {redacted(self.broker.amqp_url)}; {jobs} jobs; "
+            f"state in {self.scheduler.store.path}"
+        )
+
+    async def stop(self) -> None:
+        await self.scheduler.stop()
+        self.scheduler.store.close()
+
+
+@dataclass
+class EdgePart:
+    """The HTTP edge, served by uvicorn inside this process."""
+
+    server: uvicorn.Server
+    name: str = "edge"
+    task: asyncio.Task[None] | None = None
+
+    async def start(self) -> str:
+        self.task = asyncio.create_task(self.server.serve(), name="edge")
+        while not self.server.started:
+            if self.task.done():
+                raise StartupFailed(f"edge: did not start: {_failure(self.task)}")
+            await asyncio.sleep(0.05)
+        config = self.server.config
+        return f"http://{config.host}:{config.port}"
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            with contextlib.suppress(Exception, SystemExit):
+                await self.task
+
+
+def _run_all(args: argparse.Namespace) -> int:
+    broker, settings = _settings()
+    parts: list[Running] = []
+    if not args.no_edge:
+        parts.append(_edge(broker))
+    parts += [ServicePart(build(name, settings), broker) for name in SERVICES]
+    parts.append(SchedulerPart(build_scheduler(settings), broker))
+    return _serve(parts)
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    broker, settings = _settings()
+    return _serve([ServicePart(build(args.service, settings), broker)])
+
+
+def _run_scheduler(_args: argparse.Namespace) -> int:
+    broker, settings = _settings()
+    return _serve([SchedulerPart(build_scheduler(settings), broker)])
+
+
+def _settings() -> tuple[BrokerSettings, WorkerSettings]:
+    configure_logging()
+    return BrokerSettings(), WorkerSettings()
+
+
+def _edge(broker: BrokerSettings) -> EdgePart:
+    # The edge is optional here: workers never import it, and a deployment
+    # without the edge package still runs every service.
+    if importlib.util.find_spec("edge_api.app") is None:
+        raise SystemExit("baton run: the edge is not installed; use --no-edge")
+    from pydantic import ValidationError
+
+    from edge_api.app import create_app
+    from edge_api.settings import EdgeSettings
+
+    try:
+        edge_settings = EdgeSettings()
+    except ValidationError as exc:
+        problems = "; ".join(str(err["msg"]) for err in exc.errors())
+        raise SystemExit(
+            f"baton run: the edge is not configured ({problems}); set the "
+            "BATON_EDGE_* variables or pass --no-edge"
+        ) from None
+    app = create_app(edge_settings, broker)
+    config = uvicorn.Config(
+        app, host=edge_settings.host, port=edge_settings.port, log_config=None
+    )
+    return EdgePart(QuietServer(config))
+
+
+def _serve(parts: list[Running]) -> int:
+    try:
+        return asyncio.run(_run(parts))
+    except StartupFailed as exc:
+        print(f"baton: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+async def _run(parts: list[Running]) -> int:
+    stopping = asyncio.Event()
+    started: list[Running] = []
+    with _stop_on_signals(stopping):
+        try:
+            for part in parts:
+                where = await _start(part)
+                started.append(part)
+                print(f"{part.name}: {where}", flush=True)
+            print("baton: running; Ctrl-C stops", flush=True)
+            failed = await _until_stopped(stopping, started)
+        finally:
+            print("baton: stopping", flush=True)
+            for part in reversed(started):
+                await part.stop()
+    print("baton: stopped", flush=True)
+    return 1 if failed else 0
+
+
+async def _start(part: Running) -> str:
+    try:
+        return await part.start()
+    except BrokerUnavailable as exc:
+        raise StartupFailed(f"{part.name}: cannot reach the broker: {exc}") from None
+
+
+async def _until_stopped(stopping: asyncio.Event, parts: list[Running]) -> bool:
+    """Wait for a stop signal; True when a part ended on its own instead."""
+    watched = [p.task for p in parts if isinstance(p, EdgePart) and p.task]
+    waiter = asyncio.create_task(stopping.wait())
+    done, _ = await asyncio.wait([waiter, *watched], return_when="FIRST_COMPLETED")
+    waiter.cancel()
+    ended = [task for task in watched if task in done]
+    for task in ended:
+        logger.error("%s ended on its own: %s", task.get_name(), _failure(task))
+    return bool(ended)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stopping: asyncio.Event) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        yield
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+def _failure(task: asyncio.Task[Any]) -> str:
+    if task.cancelled():
+        return "cancelled"
+    exc = task.exception()
+    return "exited" if exc is None else f"{type(exc).__name__}: {exc}"
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: this process owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

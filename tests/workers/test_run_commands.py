@@ -1,0 +1,162 @@
+"""``baton worker``, ``baton scheduler`` and ``baton run`` as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from contracts import PROFILE_UPDATE_INTENT, ProfileUpdateIntent
+from messaging.settings import BrokerSettings
+from tests.conftest import Broker
+from tests.workers.conftest import Sender, eventually, user
+from workers.system import SERVICES
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
+
+
+class Process:
+    """A ``baton`` subcommand running as a child process, read line by line."""
+
+    def __init__(self, child: asyncio.subprocess.Process, errors: Path) -> None:
+        self.child = child
+        self.errors = errors
+        self.lines: list[str] = []
+
+    async def wait_for_line(self, text: str, timeout: float = 30.0) -> None:
+        """Read stdout until a line contains `text`."""
+        assert self.child.stdout is not None
+        async with asyncio.timeout(timeout):
+            while not any(text in line for line in self.lines):
+                raw = await self.child.stdout.readline()
+                if not raw:
+                    pytest.fail(f"exited before saying {text!r}: {self.lines}")
+                self.lines.append(raw.decode())
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.child.send_signal(sig)
+        assert self.child.stdout is not None
+        async with asyncio.timeout(30):
+            rest = await self.child.stdout.read()
+            self.lines += rest.decode().splitlines(keepends=True)
+            return await self.child.wait()
+
+
+@pytest_asyncio.fixture
+async def baton(
+    settings: BrokerSettings, tmp_path: Path, broker: Broker
+) -> AsyncIterator[object]:
+    """Start ``baton <args>``; every child still running at the end is killed."""
+    started: list[Process] = []
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("BATON_EDGE_")},
+        "AMQP_URL": settings.amqp_url.get_secret_value(),
+        "BATON_PREFIX": settings.prefix,
+        "BATON_STATE_DIR": str(tmp_path / "state"),
+    }
+    for name in (*SERVICES, "scheduler"):
+        broker.track(name)
+
+    async def start(*args: str, **extra_env: str) -> Process:
+        errors = tmp_path / f"stderr-{len(started)}.txt"
+        with errors.open("wb") as stderr:
+            child = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                "import sys; from baton.cli import main; sys.exit(main())",
+                *args,
+                env={**env, **extra_env},
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+            )
+        process = Process(child, errors)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.child.returncode is None:
+            process.child.kill()
+            await process.child.wait()
+
+
+async def test_a_worker_runs_one_service_and_stops_cleanly_on_sigterm(
+    baton, sender: Sender, tmp_path: Path
+) -> None:
+    users = await baton("worker", "users")
+    await users.wait_for_line("baton: running")
+
+    await sender.command(
+        PROFILE_UPDATE_INTENT, ProfileUpdateIntent(intent="climb"), user("alice")
+    )
+    database = tmp_path / "state" / "users.sqlite3"
+    await eventually(lambda: _intent(database, "alice") == "climb", what="the write")
+    code = await users.stop(signal.SIGTERM)
+
+    assert code == 0
+    assert any(line.startswith("users: consuming") for line in users.lines)
+    assert users.lines[-1].strip() == "baton: stopped"
+
+
+def _intent(database: Path, subject: str) -> str | None:
+    if not database.exists():
+        return None
+    with sqlite3.connect(database) as db:
+        row = db.execute(
+            "SELECT intent FROM profiles WHERE subject = ?", (subject,)
+        ).fetchone()
+    return None if row is None else str(row[0])
+
+
+async def test_run_starts_every_service_and_the_scheduler_and_stops_on_ctrl_c(
+    baton,
+) -> None:
+    system = await baton("run", "--no-edge")
+    await system.wait_for_line("baton: running")
+
+    code = await system.stop(signal.SIGINT)
+
+    assert code == 0
+    said = "".join(system.lines)
+    for part in (*SERVICES, "scheduler"):
+        assert f"{part}: consuming" in said
+    assert "baton: stopped" in said
+
+
+async def test_the_scheduler_runs_alone(baton) -> None:
+    scheduler = await baton("scheduler")
+    await scheduler.wait_for_line("baton: running")
+
+    assert await scheduler.stop() == 0
+    assert any("scheduler: consuming" in line for line in scheduler.lines)
+
+
+async def test_run_without_edge_configuration_says_what_to_set(baton) -> None:
+    system = await baton("run")
+
+    async with asyncio.timeout(30):
+        code = await system.child.wait()
+
+    assert code != 0
+    complaint = system.errors.read_text()
+    assert "the edge is not configured" in complaint
+    assert "--no-edge" in complaint
+
+
+async def test_a_worker_that_cannot_reach_the_broker_exits_with_the_reason(
+    baton,
+) -> None:
+    users = await baton("worker", "users", AMQP_URL="amqp://guest:guest@127.0.0.1:1/")
+
+    async with asyncio.timeout(60):
+        code = await users.child.wait()
+
+    assert code == 1
+    assert "users: cannot reach the broker" in users.errors.read_text()
