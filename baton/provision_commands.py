@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from messaging.declaration import Emit, ServiceDeclaration
 from messaging.errors import TrustConfigError
@@ -75,9 +76,18 @@ def _register_provision(
         help="write a definitions file instead of applying",
     )
     parser.add_argument(
+        "--operator",
+        help="with --export: also an administrator account of this name",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="only compare the broker's accounts with the plan",
+    )
+    parser.add_argument(
+        "--exclusive",
+        action="store_true",
+        help="with --check: also refuse any other account on the broker (guest)",
     )
     parser.add_argument(
         "--show", action="store_true", help="print the plan (no passwords) and exit"
@@ -100,6 +110,9 @@ def _register_keys(
         type=Path,
         required=True,
         help="where the private key file is written (mode 0600)",
+    )
+    generate.add_argument(
+        "--out", type=Path, help="the private key file (default <dir>/<kid>.key)"
     )
     generate.add_argument(
         "--keyring",
@@ -138,10 +151,16 @@ def run_provision(args: argparse.Namespace) -> int:
             _show(grants)
             return 0
         if args.check:
-            return _check(settings, args.vhost, grants)
+            return _check(settings, args.vhost, grants, exclusive=args.exclusive)
         passwords = read_passwords(grants, args.passwords_dir)
         if args.export is not None:
-            document = definitions(args.vhost, grants, passwords)
+            if args.operator:
+                passwords[args.operator] = _operator_password(
+                    args.operator, args.passwords_dir
+                )
+            document = definitions(
+                args.vhost, grants, passwords, operator=args.operator
+            )
             _write_secret(args.export, json.dumps(document, indent=2) + "\n")
             print(f"wrote definitions for {len(grants)} accounts to {args.export}")
             return 0
@@ -222,10 +241,21 @@ def read_passwords(
     return passwords
 
 
+def _operator_password(user: str, directory: Path | None) -> str:
+    if directory is not None and (directory / user).is_file():
+        return (directory / user).read_text().strip()
+    if os.environ.get("BATON_OPERATOR_PASSWORD"):
+        return os.environ["BATON_OPERATOR_PASSWORD"]
+    raise TrustConfigError(
+        f"no password for the operator {user}: put it in <passwords-dir>/{user} "
+        "or BATON_OPERATOR_PASSWORD"
+    )
+
+
 def run_keys_generate(args: argparse.Namespace) -> int:
     key = SigningKey.generate(args.service)
     args.dir.mkdir(parents=True, exist_ok=True)
-    key_file = args.dir / f"{key.kid}.key"
+    key_file = args.out or args.dir / f"{key.kid}.key"
     key.save(key_file)
     ring = KeyRing.load(args.keyring) if args.keyring.exists() else KeyRing()
     ring.with_key(key.public()).save(args.keyring)
@@ -251,12 +281,27 @@ def run_keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(settings: BrokerSettings, vhost: str, grants: Sequence[AccountGrant]) -> int:
+def _check(
+    settings: BrokerSettings,
+    vhost: str,
+    grants: Sequence[AccountGrant],
+    *,
+    exclusive: bool,
+) -> int:
     problems: list[str] = []
-    with Management(_management_url(settings)) as management:
+    url = _management_url(settings)
+    with Management(url) as management:
         for grant in grants:
             actual = read_grant(management, vhost, grant.user, grant.service)
             problems += check_grants(actual, grant)
+        if exclusive:
+            known = {grant.user for grant in grants} | {urlsplit(url).username}
+            others = sorted(
+                user["name"]
+                for user in management.get("/api/users")
+                if user["name"] not in known
+            )
+            problems += [f"unexpected broker account {name!r}" for name in others]
     for problem in problems:
         print(problem, file=sys.stderr)
     return 1 if problems else 0

@@ -153,14 +153,34 @@ def rabbit_password_hash(password: str, salt: bytes | None = None) -> str:
     return base64.b64encode(salt + digest).decode("ascii")
 
 
+def operator_grant(user: str) -> AccountGrant:
+    """The deployment's administrator: it provisions and audits, and runs nothing."""
+    return AccountGrant(
+        user=user,
+        service="",
+        configure=".*",
+        write=".*",
+        read=".*",
+        tags=("administrator",),
+    )
+
+
 def definitions(
-    vhost: str, grants: Iterable[AccountGrant], passwords: Mapping[str, str]
+    vhost: str,
+    grants: Iterable[AccountGrant],
+    passwords: Mapping[str, str],
+    *,
+    operator: str | None = None,
 ) -> dict[str, Any]:
     """A RabbitMQ definitions document: the vhost, the accounts, their rights.
 
-    It holds no other user: loaded at boot, the broker has no guest account.
+    It holds no other user: loaded at boot, the broker has no guest account. The
+    optional `operator` is an administrator for provisioning and the self-check;
+    its password goes to the audit job only, never to a service.
     """
     grants = list(grants)
+    if operator is not None:
+        grants.append(operator_grant(operator))
     missing = sorted(g.user for g in grants if not passwords.get(g.user))
     if missing:
         raise TrustConfigError(f"no password for broker accounts {missing}")

@@ -184,3 +184,34 @@ def test_exporting_without_a_password_is_refused() -> None:
 
     with pytest.raises(TrustConfigError, match="no password"):
         definitions("/", grants, {})
+
+
+def test_provision_check_exclusive_names_accounts_outside_the_plan(
+    deployment: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "provision",
+        "--check",
+        "--exclusive",
+        "--declarations",
+        "tests.trust.services:DECLARATIONS",
+        "--vhost",
+        deployment.vhost,
+        "--prefix",
+        deployment.prefix,
+        "--account-prefix",
+        deployment.accounts.prefix,
+    ]
+    with Management(deployment.management) as management:
+        management.put(
+            "/api/users/intruder-" + deployment.prefix, {"password": "x", "tags": ""}
+        )
+        try:
+            assert baton(args) == 1
+        finally:
+            management.remove(None, ["intruder-" + deployment.prefix])
+
+    assert (
+        f"unexpected broker account 'intruder-{deployment.prefix}'"
+        in capsys.readouterr().err
+    )
