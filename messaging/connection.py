@@ -20,7 +20,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from pydantic import SecretStr
 
-from messaging.errors import BrokerUnavailable
+from messaging.errors import BatonError, BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,10 @@ class Link:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0
+        # Why the last attempt failed, so that "could not reach the broker"
+        # can say what the broker answered (refused login, a queue declared
+        # with other arguments) instead of only that time ran out.
+        self.last_error: BaseException | None = None
 
     @property
     def is_ready(self) -> bool:
@@ -88,6 +92,7 @@ class Link:
     async def start(self, wait: float | None = None) -> None:
         """Start the connect loop; with `wait`, give the first connection that long."""
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name=f"link:{self.name}")
         if wait is not None:
             with contextlib.suppress(TimeoutError):
@@ -98,9 +103,10 @@ class Link:
         try:
             await asyncio.wait_for(self._ready.wait(), timeout)
         except TimeoutError:
+            cause = f": {self.last_error}" if self.last_error is not None else ""
             raise BrokerUnavailable(
-                f"{self.name} could not reach the broker within {timeout}s"
-            ) from None
+                f"{self.name} could not reach the broker within {timeout}s{cause}"
+            ) from self.last_error
 
     def watch(self, channel: AbstractChannel) -> None:
         """Treat the loss of `channel` like the loss of the whole connection."""
@@ -125,7 +131,14 @@ class Link:
                 await self._serve_one_connection()
                 backoff = 0.05
             except CONNECTION_ERRORS as exc:
+                self.last_error = exc
                 logger.warning("%s: broker connection failed: %s", self.name, exc)
+            except BatonError as exc:
+                # Set-up refused for good (a broker without quorum queues):
+                # trying again would only repeat it.
+                self.last_error = exc
+                logger.error("%s: cannot use this broker: %s", self.name, exc)
+                return
             if self._stopping:
                 break
             self.reconnects += 1

@@ -35,6 +35,7 @@ from messaging import headers as h
 from messaging.connection import CONNECTION_ERRORS, Link
 from messaging.errors import (
     BrokerTooOld,
+    BrokerUnavailable,
     ChainTooDeep,
     HeaderTypeError,
     HeaderValueError,
@@ -109,9 +110,17 @@ class Consumer:
         return self._in_flight
 
     async def start(self, timeout: float = 10.0) -> None:
-        """Connect, declare the service's queues and start consuming."""
+        """Connect, declare the service's queues and start consuming.
+
+        When that fails within `timeout` nothing is left running in the
+        background, and the error says what the broker answered last.
+        """
         await self.link.start()
-        await self.link.wait_ready(timeout)
+        try:
+            await self.link.wait_ready(timeout)
+        except BrokerUnavailable:
+            await self.link.stop()
+            raise
 
     async def stop(self) -> None:
         """Stop taking messages, let in-flight ones finish and ack, then close."""

@@ -6,9 +6,11 @@ import asyncio
 import json
 
 import pytest
+from pydantic import SecretStr
 
 from messaging import headers as h
-from messaging.errors import Forbidden, Reject
+from messaging.consumer import Consumer
+from messaging.errors import BrokerUnavailable, Forbidden, Reject
 from messaging.handlers import Context
 from messaging.identity import Origin, Principal, PrincipalKind, encode_principal
 from messaging.settings import BrokerSettings
@@ -23,6 +25,7 @@ from tests.messaging.conftest import (
     send,
     service_name,
     spec,
+    unattended_queue,
     wait_depth,
 )
 
@@ -344,3 +347,35 @@ async def test_prefetch_bounds_the_messages_held_at_once(
     release.set()
     await calls.wait_for(lambda: len(calls.seen) == len(sent))
     assert sorted(message_id for message_id, _, _ in calls.seen) == sorted(sent)
+
+
+async def test_a_start_the_broker_refuses_says_why_and_leaves_nothing_running(
+    broker: Broker, settings: BrokerSettings
+) -> None:
+    # The queue exists with the default delivery limit; this consumer asks for
+    # another one, which RabbitMQ refuses as inequivalent arguments.
+    service = service_name()
+    await unattended_queue(broker, service)
+    other_limit = settings.model_copy(update={"delivery_limit": 3})
+    consumer = Consumer(service, [spec(Calls().handler())], other_limit)
+
+    with pytest.raises(BrokerUnavailable, match="PRECONDITION_FAILED"):
+        await consumer.start(timeout=1)
+
+    assert not consumer.link.is_ready
+    assert consumer.link.reconnects >= 1
+    await consumer.stop()
+
+
+async def test_wrong_credentials_are_named_in_the_start_error(
+    settings: BrokerSettings,
+) -> None:
+    wrong = settings.model_copy(
+        update={"amqp_url": SecretStr("amqp://guest:not-the-password@localhost:5672/")}
+    )
+    consumer = Consumer(service_name(), [spec(Calls().handler())], wrong)
+
+    with pytest.raises(BrokerUnavailable, match="ACCESS_REFUSED") as caught:
+        await consumer.start(timeout=1)
+
+    assert "not-the-password" not in str(caught.value)
