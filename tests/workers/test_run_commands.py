@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,36 +16,10 @@ from contracts import PROFILE_UPDATE_INTENT, ProfileUpdateIntent
 from messaging.settings import BrokerSettings
 from tests.conftest import Broker
 from tests.workers.conftest import Sender, eventually, user
+from tests.workers.processes import Process, spawn_baton
 from workers.system import SERVICES
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
-
-
-class Process:
-    """A ``baton`` subcommand running as a child process, read line by line."""
-
-    def __init__(self, child: asyncio.subprocess.Process, errors: Path) -> None:
-        self.child = child
-        self.errors = errors
-        self.lines: list[str] = []
-
-    async def wait_for_line(self, text: str, timeout: float = 30.0) -> None:
-        """Read stdout until a line contains `text`."""
-        assert self.child.stdout is not None
-        async with asyncio.timeout(timeout):
-            while not any(text in line for line in self.lines):
-                raw = await self.child.stdout.readline()
-                if not raw:
-                    pytest.fail(f"exited before saying {text!r}: {self.lines}")
-                self.lines.append(raw.decode())
-
-    async def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.child.send_signal(sig)
-        assert self.child.stdout is not None
-        async with asyncio.timeout(30):
-            rest = await self.child.stdout.read()
-            self.lines += rest.decode().splitlines(keepends=True)
-            return await self.child.wait()
 
 
 @pytest_asyncio.fixture
@@ -66,17 +39,7 @@ async def baton(
 
     async def start(*args: str, **extra_env: str) -> Process:
         errors = tmp_path / f"stderr-{len(started)}.txt"
-        with errors.open("wb") as stderr:
-            child = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-c",
-                "import sys; from baton.cli import main; sys.exit(main())",
-                *args,
-                env={**env, **extra_env},
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-            )
-        process = Process(child, errors)
+        process = await spawn_baton(args, {**env, **extra_env}, errors)
         started.append(process)
         return process
 
