@@ -222,7 +222,9 @@ async def test_a_poison_frame_ends_in_quarantine_and_its_neighbours_are_handled(
 ) -> None:
     # pamqp cannot decode a header key that is not UTF-8: each delivery of this
     # message kills the consumer's connection. Only the quorum queue's delivery
-    # limit can take it out of the way.
+    # limit can take it out of the way. (A repeated key is no poison: pamqp
+    # 4.0.1 decodes it, keeping the last copy; tests/messaging/test_identity_wire
+    # covers that case.)
     limited = settings.model_copy(update={"delivery_limit": 3})
     calls = Calls()
     service = service_name()
