@@ -166,14 +166,29 @@ async def test_strings_and_bytes_for_booleans_arrive_as_strings_and_bytes(
         assert caught.value.code == "HeaderTypeError", name
 
 
-async def test_a_repeated_key_reaches_a_dict_consumer_as_its_last_copy(broker, queue):
-    alice = encode_principal(PRINCIPALS["user"])
-    pairs = [*alice.items(), (h.SUBJECT, "mallory")]
+async def test_a_repeated_key_routes_on_its_first_copy_and_reads_as_its_last(
+    broker, queue
+):
+    exchange_name = f"identity-wire-headers-{secrets.token_hex(5)}"
+    channel = await broker.connection.channel(publisher_confirms=True)
+    try:
+        exchange = await channel.declare_exchange(
+            exchange_name, aio_pika.ExchangeType.HEADERS, auto_delete=False
+        )
+        target = await channel.get_queue(queue)
+        await target.bind(exchange, arguments={"x-match": "all", h.SUBJECT: "alice"})
+        # pamqp writes the pairs sorted, so "alice" goes first, "mallory" last.
+        pairs = [*encode_principal(PRINCIPALS["user"]).items(), (h.SUBJECT, "mallory")]
+        message = aio_pika.Message(b"{}", headers=PairTable(pairs), message_id="dup")
+        await exchange.publish(message, routing_key="")
 
-    received = await round_trip(broker, queue, {"dup": PairTable(pairs)})
+        [received] = await broker.drain(queue, expect=1)
+    finally:
+        await channel.exchange_delete(exchange_name)
+        await channel.close()
 
-    # The broker forwarded both copies; pamqp kept the last. A consumer that
-    # only has the dict cannot tell, which is why the protocol forbids the
-    # repeat and why a decoder that sees pairs must refuse it.
-    assert received["dup"][h.SUBJECT] == "mallory"
-    assert decode_principal(received["dup"]).subject == "mallory"
+    # The broker matched the binding on the first copy (alice), while pamqp kept
+    # the last (mallory): routing and the worker saw two users in one message.
+    # A dict consumer cannot tell, hence the rule that forbids the repeat.
+    assert received.headers[h.SUBJECT] == "mallory"
+    assert decode_principal(received.headers).subject == "mallory"
