@@ -366,6 +366,9 @@ class Verifier:
         self.introducers = introducers
         self._seen = seen or SeenMessages()
         self._clock = clock
+        # Every hop of a piece of work carries the same origin assertion: its
+        # signature is checked once, its expiry and key on every use.
+        self._origins: OrderedDict[str, tuple[dict[str, Any], RingKey]] = OrderedDict()
 
     def verify(
         self,
@@ -429,7 +432,7 @@ class Verifier:
     def _open(
         self, token: object, header: str, publisher: str | None, now: float
     ) -> dict[str, Any]:
-        claims, key = _unseal(token, header, self.ring)
+        claims, key = self._unseal(token, header)
         if not key.usable_at(now):
             raise InvalidSignature(f"{header}: key {key.kid} was retired")
         if claims.get("iss") != key.service:
@@ -446,6 +449,22 @@ class Verifier:
         if claims["exp"] < now:
             raise InvalidSignature(f"{header}: expired {now - claims['exp']:.0f}s ago")
         return claims
+
+    def _unseal(self, token: object, header: str) -> tuple[dict[str, Any], RingKey]:
+        if header != h.ORIGIN_ASSERTION or type(token) is not str:
+            return _unseal(token, header, self.ring)
+        cached = self._origins.get(token)
+        if cached is not None and self.ring.get(cached[1].kid) is cached[1]:
+            self._origins.move_to_end(token)
+            return cached
+        opened = _unseal(token, header, self.ring)
+        self._origins[token] = opened
+        if len(self._origins) > ORIGIN_CACHE_SIZE:
+            self._origins.popitem(last=False)
+        return opened
+
+
+ORIGIN_CACHE_SIZE: Final = 4096
 
 
 def identity_digest(principal: Principal | None) -> str:
