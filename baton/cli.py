@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
-from baton import provision_commands, run_commands
+from baton import edge_commands, provision_commands, run_commands
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -28,4 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
-_REGISTRARS: list[Registrar] = [provision_commands.register, run_commands.register]
+_REGISTRARS: list[Registrar] = [
+    provision_commands.register,
+    run_commands.register,
+    edge_commands.register,
+]

@@ -1,0 +1,107 @@
+"""``baton edge`` and ``baton token``: serve the HTTP edge, mint development tokens.
+
+``baton edge`` serves the edge with uvicorn, with settings from ``BATON_EDGE_*``
+(and the broker from ``AMQP_URL``). With no key source configured it trusts the
+development key of ``baton token``, generated under ``.baton/`` on first use.
+
+``baton token --sub alice --roles planner`` prints a token that edge accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from messaging.connection import redacted
+from messaging.logcontext import configure_logging
+from messaging.settings import BrokerSettings
+
+if TYPE_CHECKING:
+    from edge_api.dev_issuer import DevIssuer
+    from edge_api.settings import EdgeSettings
+
+# edge_api is imported only when one of these commands runs: a deployment of the
+# services alone has no need of the edge package for the rest of ``baton``.
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``edge`` and ``token`` to the ``baton`` command."""
+    edge = commands.add_parser("edge", help="serve the HTTP edge")
+    edge.add_argument("--host", help="address to listen on (BATON_EDGE_HOST)")
+    edge.add_argument("--port", type=int, help="port to listen on (BATON_EDGE_PORT)")
+    edge.set_defaults(run=_serve_edge)
+
+    token = commands.add_parser(
+        "token", help="mint a development token the local edge accepts"
+    )
+    token.add_argument("--sub", required=True, help="the user the token is for")
+    token.add_argument(
+        "--roles", default="", help="comma-separated roles, e.g. planner,reader"
+    )
+    token.add_argument("--tenant", help="the tenant (needs BATON_EDGE_TENANT_CLAIM)")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.set_defaults(run=_mint_token)
+
+
+def _serve_edge(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from edge_api.app import create_app
+    from edge_api.dev_issuer import DevIssuer, uses_dev_key
+
+    configure_logging()
+    issuer = DevIssuer()
+    settings = _edge_settings(issuer)
+    if settings is None:
+        return 2
+    overrides = {
+        name: value
+        for name, value in (("host", args.host), ("port", args.port))
+        if value is not None
+    }
+    settings = settings.model_copy(update=overrides)
+    broker = BrokerSettings()
+
+    if uses_dev_key():
+        print(f"edge: trusting the development key {issuer.public_key_file}")
+        print("edge: mint a token with: baton token --sub alice --roles planner")
+    print(f"edge: broker {redacted(broker.amqp_url)} (prefix {broker.prefix!r})")
+    print(f"edge: listening on http://{settings.host}:{settings.port}", flush=True)
+    app = create_app(settings, broker)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
+    return 0
+
+
+def _mint_token(args: argparse.Namespace) -> int:
+    from edge_api.dev_issuer import DevIssuer, uses_dev_key
+
+    issuer = DevIssuer()
+    settings = _edge_settings(issuer)
+    if settings is None:
+        return 2
+    if not uses_dev_key():
+        print(
+            "baton token: BATON_EDGE_* names another key source, so the edge will "
+            "not accept this development token",
+            file=sys.stderr,
+        )
+    roles = [role.strip() for role in args.roles.split(",") if role.strip()]
+    try:
+        token = issuer.mint(settings, args.sub, roles, tenant=args.tenant, ttl=args.ttl)
+    except ValueError as exc:
+        print(f"baton token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def _edge_settings(issuer: DevIssuer) -> EdgeSettings | None:
+    from pydantic import ValidationError
+
+    try:
+        return issuer.edge_settings()
+    except ValidationError as exc:
+        problems = "; ".join(str(err["msg"]) for err in exc.errors())
+        print(f"baton: the edge settings are invalid: {problems}", file=sys.stderr)
+        return None
