@@ -24,9 +24,9 @@ from pydantic import BaseModel
 
 from contracts import Contract
 from messaging.declaration import ServiceDeclaration
-from messaging.errors import SchemaError
+from messaging.errors import ChainTooDeep, SchemaError
 from messaging.handlers import Context, current_context
-from messaging.identity import Origin, Principal
+from messaging.identity import MAX_ACTORS, Origin, Principal
 from messaging.publisher import Publisher
 from messaging.rpc import Requester
 from messaging.topology import Route
@@ -141,6 +141,12 @@ class ServiceContext(Context):
             raise IdentityChanged(
                 f"{self.service} may only pass on the principal it received "
                 f"({_who(admitted)}), not {_who(self.principal)}"
+            )
+        if len(admitted.actors) >= MAX_ACTORS:
+            # The receiver would refuse it anyway; saying so here names the loop.
+            raise ChainTooDeep(
+                f"{self.service} cannot pass on work that already passed through "
+                f"{' > '.join(admitted.actors)}: the protocol allows {MAX_ACTORS} hops"
             )
         return Principal(
             subject=admitted.subject,

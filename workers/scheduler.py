@@ -114,7 +114,7 @@ class SchedulerStore(SqliteStore):
                 "INSERT INTO fired (job, last_tick) VALUES (?, ?) "
                 "ON CONFLICT (job) DO UPDATE SET "
                 "last_tick = max(last_tick, excluded.last_tick)",
-                (job, tick.isoformat()),
+                (job, tick.isoformat(timespec="microseconds")),
             )
 
 

@@ -313,3 +313,24 @@ async def test_a_stopped_service_handles_everything_published_meanwhile_after_re
 
 async def _all_handled(store: PlanStore, message_ids: list[str]) -> bool:
     return all([await store.handled("core", m) for m in message_ids])
+
+
+async def test_a_standing_refresh_of_another_users_plan_is_refused(
+    system: System, sender: Sender, scheduler: Scheduler, broker: Broker
+) -> None:
+    plan_id = await _create_plan(sender, system, user("bob", "planner"))
+
+    await sender.command(
+        PLAN_SCHEDULE_REFRESH,
+        PlanScheduleRefresh(plan_id=plan_id, every_minutes=5),
+        ALICE,
+    )
+
+    [parked] = await broker.drain(
+        broker.topology.quarantine_queue("scheduler"), expect=1
+    )
+    assert parked.headers[h.FAILURE_CODE] == "Forbidden"
+    assert "'alice' may not schedule" in str(parked.headers[h.FAILURE_REASON])
+    [asked] = await broker.drain(broker.topology.quarantine_queue("core"), expect=1)
+    assert asked.type == "plan.get"
+    assert await _standing(scheduler) == []

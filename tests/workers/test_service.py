@@ -12,13 +12,14 @@ from contracts import Contract
 from contracts.catalogue import Strict
 from messaging import headers as h
 from messaging.errors import RemoteError, RequestTimeout
-from messaging.identity import Origin, Principal
+from messaging.identity import MAX_ACTORS, Origin, Principal
 from messaging.topology import Route
 from tests.conftest import Broker
 from tests.workers.conftest import Sender, StartWorker, eventually, user
 from workers.context import ServiceContext
 from workers.errors import NotFound, UndeclaredMessage
 from workers.service import Service
+from workers.worker import Worker
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
 
@@ -370,3 +371,30 @@ async def test_an_undeclared_request_raises_before_anything_is_sent(
 
 async def _quarantined(broker: Broker, service: str) -> list[Any]:
     return await broker.drain(broker.topology.quarantine_queue(service), expect=1)
+
+
+async def test_a_chain_at_the_protocol_limit_is_refused_at_publish_time(
+    sender: Sender, broker: Broker, settings: Any
+) -> None:
+    alpha = Service("alpha")
+    alpha.emits(HOP)
+    hops: list[int] = []
+
+    @alpha.handles(HOP)
+    async def hop(ctx: ServiceContext, cmd: Note) -> None:
+        hops.append(len(ctx.principal.actors))
+        await ctx.send_command(HOP, cmd)
+
+    deepest = settings.model_copy(update={"max_chain_depth": MAX_ACTORS})
+    broker.track(alpha.name)
+    worker = Worker(alpha, deepest)
+    await worker.start()
+    try:
+        await sender.command(HOP, Note(text="again"), user("alice"))
+        [parked] = await _quarantined(broker, worker.name)
+    finally:
+        await worker.stop()
+
+    assert parked.headers[h.FAILURE_CODE] == "ChainTooDeep"
+    assert f"allows {MAX_ACTORS} hops" in str(parked.headers[h.FAILURE_REASON])
+    assert hops == list(range(1, MAX_ACTORS + 1))

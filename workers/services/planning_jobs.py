@@ -13,14 +13,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from contracts import (
+    PLAN_GET,
     PLAN_PRUNE,
     PLAN_REFRESH,
     PLAN_SCHEDULE_REFRESH,
+    PlanGet,
     PlanPrune,
     PlanRefresh,
     PlanScheduleRefresh,
+    PlanView,
 )
+from messaging.errors import Forbidden, RemoteError
 from workers.context import ServiceContext
+from workers.errors import NotFound
 from workers.schedule import SKIP, Cron, Every, catch_up
 from workers.scheduler import Job, Scheduler, SchedulerStore
 
@@ -56,10 +61,12 @@ def add_planning_jobs(
     store = scheduler.store
     service = scheduler.service
     service.emits(PLAN_REFRESH)
+    service.requests(PLAN_GET)
 
     @service.handles(PLAN_SCHEDULE_REFRESH)
     async def register(ctx: ServiceContext, cmd: PlanScheduleRefresh) -> None:
         principal = ctx.principal
+        await _check_plan(ctx, cmd.plan_id)
         async with ctx.once(store) as tx:
             tx.execute(
                 "INSERT INTO standing_refresh VALUES (?, ?, ?, ?, ?, ?) "
@@ -76,6 +83,8 @@ def add_planning_jobs(
                 ),
             )
 
+    # TODO(plans can be deleted): drop a standing refresh whose plan core no
+    # longer has; until then each tick of it is dead-lettered by core as NotFound.
     async def standing_jobs() -> list[Job]:
         rows = await store.query("SELECT * FROM standing_refresh ORDER BY rowid")
         return [
@@ -103,3 +112,20 @@ def add_planning_jobs(
             missed=catch_up(1),
         )
     )
+
+
+async def _check_plan(ctx: ServiceContext, plan_id: str) -> None:
+    """Refuse a standing refresh of a plan the user cannot read (core decides)."""
+    try:
+        await ctx.request(PLAN_GET, PlanGet(plan_id=plan_id), PlanView)
+    except RemoteError as exc:
+        if exc.error_type == "Forbidden":
+            raise Forbidden(
+                f"{ctx.principal.subject!r} may not schedule refreshes of plan "
+                f"{plan_id!r}: {exc.message}"
+            ) from None
+        if exc.error_type == "NotFound":
+            raise NotFound(
+                f"cannot schedule refreshes of plan {plan_id!r}: {exc.message}"
+            ) from None
+        raise
