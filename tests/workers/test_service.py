@@ -242,14 +242,8 @@ async def test_a_loop_between_two_services_is_quarantined_at_the_depth_limit(
 async def test_a_service_that_feeds_itself_is_quarantined_at_the_depth_limit(
     run: StartWorker, sender: Sender, broker: Broker, settings: Any
 ) -> None:
-    alpha = Service("alpha")
-    alpha.emits(HOP)
     hops: list[int] = []
-
-    @alpha.handles(HOP)
-    async def hop(ctx: ServiceContext, cmd: Note) -> None:
-        hops.append(len(ctx.principal.actors))
-        await ctx.send_command(HOP, cmd)
+    alpha = _self_feeding(hops)
 
     worker = await run(alpha)
     await sender.command(HOP, Note(text="again"), user("alice"))
@@ -257,6 +251,19 @@ async def test_a_service_that_feeds_itself_is_quarantined_at_the_depth_limit(
     [parked] = await _quarantined(broker, worker.name)
     assert parked.headers[h.FAILURE_CODE] == "ChainTooDeep"
     assert hops == list(range(1, settings.max_chain_depth + 1))
+
+
+def _self_feeding(hops: list[int]) -> Service:
+    """A service whose handler sends the same command to itself again."""
+    alpha = Service("alpha")
+    alpha.emits(HOP)
+
+    @alpha.handles(HOP)
+    async def hop(ctx: ServiceContext, cmd: Note) -> None:
+        hops.append(len(ctx.principal.actors))
+        await ctx.send_command(HOP, cmd)
+
+    return alpha
 
 
 def _oracle() -> Service:
@@ -376,14 +383,8 @@ async def _quarantined(broker: Broker, service: str) -> list[Any]:
 async def test_a_chain_at_the_protocol_limit_is_refused_at_publish_time(
     sender: Sender, broker: Broker, settings: Any
 ) -> None:
-    alpha = Service("alpha")
-    alpha.emits(HOP)
     hops: list[int] = []
-
-    @alpha.handles(HOP)
-    async def hop(ctx: ServiceContext, cmd: Note) -> None:
-        hops.append(len(ctx.principal.actors))
-        await ctx.send_command(HOP, cmd)
+    alpha = _self_feeding(hops)
 
     deepest = settings.model_copy(update={"max_chain_depth": MAX_ACTORS})
     broker.track(alpha.name)
