@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from contracts import CATALOGUE, Contract
 from edge_api.body_limit import BodyLimit
+from edge_api.declaration import edge_declaration
 from edge_api.gateway import CommandGateway
 from edge_api.header_guard import IdentityHeaderGuard
 from edge_api.keys import JwksKeys, KeySource, StaticKeys, VerificationKey
@@ -24,9 +25,10 @@ from edge_api.receipts import Receipts
 from edge_api.routes import commands_router, health_router
 from edge_api.settings import EdgeSettings
 from edge_api.state import Edge
-from edge_api.tokens import TokenVerifier
+from edge_api.tokens import EDGE_SERVICE, TokenVerifier
 from messaging.settings import BrokerSettings
 from messaging.signing import Signer
+from messaging.trust import build_trust
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +43,15 @@ def create_app(
     """The edge as an ASGI app; the broker settings default to the environment.
 
     `signer` signs the identity of every command (see ``messaging.signing``);
-    its key must belong to the service named in ``edge_declaration()``.
+    without one, the broker settings' signing key is used when they name one,
+    and a deployment that requires signatures without a key refuses to start.
     """
     broker = broker or BrokerSettings()
     contracts = list(CATALOGUE.values() if catalogue is None else catalogue)
+    if signer is None:
+        _policy, signer = build_trust(
+            broker, EDGE_SERVICE, [edge_declaration(contracts)]
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
