@@ -26,13 +26,12 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from messaging.declaration import Emit, ServiceDeclaration
+from messaging.declaration import ServiceDeclaration
 from messaging.errors import TrustConfigError
 from messaging.provision import AccountGrant, Management, definitions, plan
 from messaging.selfcheck import check_grants, read_grant
 from messaging.settings import BrokerSettings
 from messaging.signing import KeyRing, SigningKey
-from messaging.topology import Route
 from messaging.trust import Accounts
 
 DEFAULT_DECLARATIONS = "baton.provision_commands:reference_declarations"
@@ -194,24 +193,11 @@ def reference_declarations() -> list[ServiceDeclaration]:
     The services declare themselves when built, which opens their databases: they
     are built over a throw-away directory and closed again.
     """
-    from contracts import CATALOGUE, Mode
+    from edge_api.declaration import edge_declaration
     from workers.settings import WorkerSettings
     from workers.system import SERVICES, build, build_scheduler
 
-    edge_commands = [
-        c for c in CATALOGUE.values() if c.http and c.route is Route.COMMAND
-    ]
-    edge = ServiceDeclaration(
-        name="edge",
-        emits=frozenset(
-            Emit(Route.COMMAND, c.name)
-            for c in edge_commands
-            if c.mode is Mode.ACCEPTED
-        ),
-        requests=frozenset(c.name for c in edge_commands if c.mode is Mode.REQUEST),
-        introduces_users=True,
-    )
-    declared = [edge]
+    declared = [edge_declaration()]
     with tempfile.TemporaryDirectory() as state:
         settings = WorkerSettings(state_dir=Path(state))
         for name in SERVICES:
