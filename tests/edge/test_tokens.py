@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import jwt
 import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
@@ -309,3 +310,37 @@ async def test_hs256_works_only_when_configured_alone(idp: IdentityProvider) -> 
     assert principal.subject == "alice"
     assert reason == "the token's signature does not verify"
     assert es256 == "the token's algorithm is not accepted"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"[]", b"not json", b'"alice"', b'{"sub": "alice", "exp": 1e400}', b"null"],
+)
+async def test_a_validly_signed_payload_that_is_no_claims_object_is_refused(
+    verifier: TokenVerifier, idp: IdentityProvider, payload: bytes
+) -> None:
+    token = jwt.api_jws.encode(
+        payload, idp.key.private, algorithm="ES256", headers={"kid": idp.key.kid}
+    )
+
+    await refused(verifier, token)
+
+
+async def test_the_tenant_comes_from_the_configured_claim_and_must_be_a_name(
+    idp: IdentityProvider, edge_settings: EdgeSettings
+) -> None:
+    settings = edge_settings.model_copy(update={"tenant_claim": "org"})
+    keys = key_source(settings)
+    verifier = TokenVerifier(settings, keys)
+    try:
+        acme = await verifier.principal(idp.token(org="acme"))
+        untenanted = await verifier.principal(idp.token())
+        numeric = await refused(verifier, idp.token(org=42))
+        odd = await refused(verifier, idp.token(org="acme corp"))
+    finally:
+        await keys.aclose()
+
+    assert acme.tenant == "acme"
+    assert untenanted.tenant is None
+    assert numeric == "the tenant claim must be a string"
+    assert "principal" in odd
