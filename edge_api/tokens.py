@@ -53,17 +53,8 @@ class TokenVerifier:
 
     async def claims(self, token: str) -> dict[str, Any]:
         """The token's claims, after signature, header and claim checks."""
-        if len(token) > MAX_TOKEN_BYTES or TOKEN_SHAPE.fullmatch(token) is None:
-            raise InvalidToken("the token is not a compact JWS")
-        header = _header(token)
-        algorithm = header.get("alg")
-        if type(algorithm) is not str or algorithm not in self._algorithms:
-            raise InvalidToken("the token's algorithm is not accepted")
-        for name in FORBIDDEN_HEADERS:
-            if name in header:
-                raise InvalidToken(f"the token's header carries {name!r}")
-
-        key = await self._keys.key_for(check_kid(header.get("kid")))
+        algorithm, kid = self._checked_header(token)
+        key = await self._keys.key_for(kid)
         if key.algorithm != algorithm:
             raise InvalidToken("the token's algorithm does not match its key")
         try:
@@ -80,6 +71,19 @@ class TokenVerifier:
             raise InvalidToken(_reason(exc)) from None
         _check_types(claims)
         return claims
+
+    def _checked_header(self, token: str) -> tuple[str, str | None]:
+        """The token's algorithm and key id, once its header is found acceptable."""
+        if len(token) > MAX_TOKEN_BYTES or TOKEN_SHAPE.fullmatch(token) is None:
+            raise InvalidToken("the token is not a compact JWS")
+        header = _header(token)
+        algorithm = header.get("alg")
+        if type(algorithm) is not str or algorithm not in self._algorithms:
+            raise InvalidToken("the token's algorithm is not accepted")
+        for name in FORBIDDEN_HEADERS:
+            if name in header:
+                raise InvalidToken(f"the token's header carries {name!r}")
+        return algorithm, check_kid(header.get("kid"))
 
     def _principal(self, claims: Mapping[str, Any]) -> Principal:
         roles = _roles(claims.get(self._settings.roles_claim, []))

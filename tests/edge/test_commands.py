@@ -289,3 +289,29 @@ async def test_openapi_documents_every_http_command_with_bearer_security(
         "description": scheme["description"],
     }
     assert "plan.changed" not in str(openapi["paths"])
+
+
+async def test_requests_work_again_after_the_edge_lost_its_connection(
+    edge: RunningEdge, idp: IdentityProvider, start_consumer: StartConsumer
+) -> None:
+    await start_consumer("planner", [HandlerSpec("plan.get", PlanGet, _answer)])
+    first = await edge.client.post(
+        "/v1/commands/plan.get", json={"plan_id": "p-1"}, headers=bearer(idp.token())
+    )
+    await edge.app.state.edge.gateway.link.connection.close()
+
+    statuses: list[int] = []
+    async with asyncio.timeout(20):
+        while not statuses or statuses[-1] != 200:
+            response = await edge.client.post(
+                "/v1/commands/plan.get",
+                json={"plan_id": "p-2"},
+                headers=bearer(idp.token("bob")),
+            )
+            statuses.append(response.status_code)
+            if response.status_code != 200:
+                await asyncio.sleep(0.05)
+
+    assert first.status_code == 200
+    assert set(statuses) <= {200, 503}
+    assert response.json()["owner"] == "bob"

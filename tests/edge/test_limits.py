@@ -6,6 +6,7 @@ The shared broker is never stopped: an unreachable broker is a closed port.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -146,3 +147,28 @@ async def test_a_confirm_that_does_not_come_in_time_is_503(
 
 def _json(idp: IdentityProvider) -> dict[str, str]:
     return {**bearer(idp.token()), "Content-Type": "application/json"}
+
+
+async def test_the_edge_comes_back_after_losing_its_broker_connection(
+    edge: RunningEdge, idp: IdentityProvider, spy: Spy
+) -> None:
+    before = await edge.client.post(CREATE, json=GOAL, headers=bearer(idp.token()))
+    await edge.app.state.edge.gateway.link.connection.close()
+
+    statuses: list[int] = []
+    async with asyncio.timeout(20):
+        while not statuses or statuses[-1] != 202:
+            response = await edge.client.post(
+                CREATE, json=GOAL, headers=bearer(idp.token())
+            )
+            statuses.append(response.status_code)
+            if response.status_code != 202:
+                await asyncio.sleep(0.05)
+    ready = await edge.client.get("/health/ready")
+
+    assert before.status_code == 202
+    assert set(statuses) <= {202, 503}
+    assert ready.status_code == 200
+    taken = await spy.take(2)
+    assert taken[0].message_id == before.json()["command_id"]
+    assert taken[1].message_id == response.json()["command_id"]
