@@ -10,6 +10,7 @@ so that the test can look into queues; no service under test runs as guest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +23,10 @@ import pytest
 import pytest_asyncio
 
 from baton.cli import main as baton
+from baton.provision_commands import load_declarations
 from messaging.connection import Link
 from messaging.consumer import Consumer
+from messaging.declaration import ServiceDeclaration
 from messaging.errors import TrustConfigError
 from messaging.handlers import Context
 from messaging.identity import Principal
@@ -33,9 +36,7 @@ from messaging.selfcheck import verify_startup
 from messaging.settings import BrokerSettings
 from messaging.signing import KeyRing, SigningKey
 from messaging.trust import Accounts
-from tests.trust.services import DECLARATIONS, Order, declarations
-
-SERVICES = [d.name for d in DECLARATIONS]
+from tests.trust.services import Order, declarations
 
 
 def management_url(amqp_url: str) -> str:
@@ -73,6 +74,8 @@ class Deployment:
     key_dir: Path
     keyring: Path
     management: str
+    target: str = "tests.trust.services:DECLARATIONS"
+    declared: list[ServiceDeclaration] = field(default_factory=list)
     seen: Seen = field(default_factory=Seen)
     consumers: list[Consumer] = field(default_factory=list)
     links: list[Link] = field(default_factory=list)
@@ -134,7 +137,7 @@ class Deployment:
         """A signing publisher logged in as `service`, as the edge would use it."""
         settings = self.settings(service)
         _policy, signer = verify_startup(
-            settings, service, DECLARATIONS, vhost=self.vhost
+            settings, service, self.declared, vhost=self.vhost
         )
         link = Link(settings.amqp_url, name=f"test:{service}")
         self.links.append(link)
@@ -170,7 +173,7 @@ def provision(deployment: Deployment, passwords_dir: Path) -> int:
         [
             "provision",
             "--declarations",
-            "tests.trust.services:DECLARATIONS",
+            deployment.target,
             "--vhost",
             deployment.vhost,
             "--prefix",
@@ -197,16 +200,18 @@ def management(amqp_url: str) -> Iterator[Management]:
         yield client
 
 
-@pytest_asyncio.fixture
-async def deployment(
+@contextlib.asynccontextmanager
+async def provisioned(
     amqp_url: str,
     prefix: str,
     management: Management,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    target: str,
 ) -> AsyncIterator[Deployment]:
+    """A vhost with an account and a signing key per declared service, then none."""
+    declared = load_declarations(target)
     accounts = Accounts(f"{prefix}-")
-    users = [accounts.of(name) for name in SERVICES]
+    users = [accounts.of(d.name) for d in declared]
     vhost = f"baton-test-{secrets.token_hex(4)}"
     passwords_dir = tmp_path / "passwords"
     passwords_dir.mkdir()
@@ -214,7 +219,6 @@ async def deployment(
     for user, password in passwords.items():
         (passwords_dir / user).write_text(password)
     url = management_url(amqp_url)
-    monkeypatch.setenv("BATON_MANAGEMENT_URL", url)
     deployment = Deployment(
         amqp_url=amqp_url,
         vhost=vhost,
@@ -224,6 +228,8 @@ async def deployment(
         key_dir=tmp_path / "keys",
         keyring=tmp_path / "keyring.json",
         management=url,
+        target=target,
+        declared=declared,
     )
     try:
         assert provision(deployment, passwords_dir) == 0
@@ -232,25 +238,49 @@ async def deployment(
             f"/api/permissions/{quote(vhost, safe='')}/{quote(guest)}",
             {"configure": ".*", "write": ".*", "read": ".*"},
         )
-        for name in SERVICES:
+        for declaration in declared:
             assert (
-                baton(
-                    [
-                        "keys",
-                        "generate",
-                        name,
-                        "--dir",
-                        str(deployment.key_dir),
-                        "--keyring",
-                        str(deployment.keyring),
-                    ]
-                )
+                baton(["keys", "generate", declaration.name, *_key_paths(deployment)])
                 == 0
             )
         yield deployment
     finally:
         await deployment.close()
         management.remove(vhost, users)
+
+
+def _key_paths(deployment: Deployment) -> list[str]:
+    return ["--dir", str(deployment.key_dir), "--keyring", str(deployment.keyring)]
+
+
+@pytest_asyncio.fixture
+async def deployment(
+    amqp_url: str,
+    prefix: str,
+    management: Management,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Deployment]:
+    """The test services of ``tests/trust/services.py``, provisioned."""
+    monkeypatch.setenv("BATON_MANAGEMENT_URL", management_url(amqp_url))
+    target = "tests.trust.services:DECLARATIONS"
+    async with provisioned(amqp_url, prefix, management, tmp_path, target) as made:
+        yield made
+
+
+@pytest_asyncio.fixture
+async def reference_deployment(
+    amqp_url: str,
+    prefix: str,
+    management: Management,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Deployment]:
+    """The reference system (edge, users, core, notifications, scheduler)."""
+    monkeypatch.setenv("BATON_MANAGEMENT_URL", management_url(amqp_url))
+    target = "baton.provision_commands:reference_declarations"
+    async with provisioned(amqp_url, prefix, management, tmp_path, target) as made:
+        yield made
 
 
 async def started(deployment: Deployment, services: Sequence[str]) -> None:
