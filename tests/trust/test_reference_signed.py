@@ -185,6 +185,10 @@ async def test_the_scheduler_introduces_the_user_of_a_standing_refresh(
     plan_id = await edge.command(
         PLAN_CREATE, PlanCreate(goal="1k", horizon_days=7), ALICE
     )
+    # The scheduler asks core whether alice may read the plan: it must exist.
+    await eventually(
+        lambda: running.notifications.for_subject("alice"), what="the plan"
+    )
     await edge.command(
         PLAN_SCHEDULE_REFRESH,
         PlanScheduleRefresh(plan_id=plan_id, every_minutes=5),
