@@ -70,10 +70,15 @@ def verify_startup(
 
     accounts = Accounts(settings.account_prefix)
     expected = grant_for(settings.topology(), own, accounts)
-    with Management(settings.management_url.get_secret_value()) as management:
-        actual = read_grant(
-            management, vhost or _vhost(settings), expected.user, service
-        )
+    try:
+        with Management(settings.management_url.get_secret_value()) as management:
+            actual = read_grant(
+                management, vhost or _vhost(settings), expected.user, service
+            )
+    except TrustConfigError as exc:
+        raise UnsafeToStart(
+            service, [f"cannot read the rights of {expected.user}: {exc}"]
+        ) from exc
     problems = check_grants(actual, expected)
     if problems:
         raise UnsafeToStart(service, problems)

@@ -61,6 +61,10 @@ MAX_TOKEN_CHARS: Final = 4096
 # future is still accepted.
 CLOCK_SKEW: Final = 30.0
 KID_BYTES: Final = 8
+# No honest signer makes an assertion valid for longer (the defaults are 5 minutes
+# for a message and an hour for an origin); a longer one would also pin its
+# message id in the replay cache for that long.
+MAX_LIFETIME: Final = 86_400.0
 
 Clock = Callable[[], float]
 
@@ -448,6 +452,10 @@ class Verifier:
             raise InvalidSignature(f"{header}: issued in the future")
         if claims["exp"] < now:
             raise InvalidSignature(f"{header}: expired {now - claims['exp']:.0f}s ago")
+        if claims["exp"] - claims["iat"] > MAX_LIFETIME:
+            raise InvalidSignature(
+                f"{header}: valid for longer than {MAX_LIFETIME:.0f}s"
+            )
         return claims
 
     def _unseal(self, token: object, header: str) -> tuple[dict[str, Any], RingKey]:

@@ -215,3 +215,12 @@ def test_provision_check_exclusive_names_accounts_outside_the_plan(
         f"unexpected broker account 'intruder-{deployment.prefix}'"
         in capsys.readouterr().err
     )
+
+
+def test_an_account_missing_on_the_broker_refuses_to_start(
+    deployment: Deployment, management: Management
+) -> None:
+    management.remove(None, [deployment.accounts.of("audit")])
+
+    with pytest.raises(UnsafeToStart, match="cannot read the rights"):
+        check(deployment, "audit")

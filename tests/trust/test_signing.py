@@ -268,3 +268,14 @@ def test_a_service_may_vouch_only_for_itself(clock: Clock) -> None:
     headers[h.ORIGIN_ASSERTION] = reseal(headers[h.ORIGIN_ASSERTION], sub="users")
     with pytest.raises(InvalidSignature):
         verify(verifier, headers, publisher="core", principal=itself, mid="m1")
+
+
+def test_an_assertion_valid_for_too_long_is_refused(
+    edge_key: SigningKey, clock: Clock
+) -> None:
+    signer = Signer(edge_key, introduces_users=True, ttl=2 * 86_400, clock=clock)
+    headers = dict(encode_principal(ALICE))
+    headers.update(signer.sign(TO_CORE, "m1", BODY, ALICE))
+
+    with pytest.raises(InvalidSignature, match="valid for longer than"):
+        verify(make_verifier(clock, edge_key), headers)
