@@ -42,7 +42,7 @@ class EdgeSettings(BaseSettings):
 
     jwks_timeout: float = Field(default=3.0, gt=0, le=30)
     jwks_cache_ttl: float = Field(default=300.0, gt=0)
-    jwks_refresh_cooldown: float = Field(default=30.0, ge=0)
+    jwks_refresh_cooldown: float = Field(default=30.0, ge=1)
 
     max_body_bytes: int = Field(default=64 * 1024, ge=1, le=16 * 1024 * 1024)
     reply_timeout: float = Field(default=10.0, gt=0, le=120)

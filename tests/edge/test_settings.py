@@ -28,3 +28,10 @@ def test_settings_refuse_mixing_hs256_with_asymmetric_algorithms(
 def test_settings_refuse_a_jwks_url_over_plain_http_off_loopback() -> None:
     with pytest.raises(ValidationError, match="https"):
         EdgeSettings(jwks_url="http://idp.example.com/jwks.json")
+
+
+def test_settings_refuse_a_refresh_cooldown_that_would_let_a_flood_through(
+    idp: IdentityProvider,
+) -> None:
+    with pytest.raises(ValidationError, match="jwks_refresh_cooldown"):
+        EdgeSettings(jwks_url=idp.server.url, jwks_refresh_cooldown=0)
