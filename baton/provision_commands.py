@@ -28,10 +28,10 @@ from urllib.parse import urlsplit
 
 from messaging.declaration import ServiceDeclaration
 from messaging.errors import TrustConfigError
+from messaging.keyring import KeyRing, SigningKey
 from messaging.provision import AccountGrant, Management, definitions, plan
 from messaging.selfcheck import check_grants, read_grant
 from messaging.settings import BrokerSettings
-from messaging.signing import KeyRing, SigningKey
 from messaging.trust import Accounts
 
 DEFAULT_DECLARATIONS = "baton.provision_commands:reference_declarations"

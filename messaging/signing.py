@@ -24,177 +24,53 @@ The wire form of both is ``base64url(JSON claims) "." base64url(signature)``.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import contextlib
 import hashlib
 import json
-import os
-import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
 
 from messaging import headers as h
 from messaging.errors import (
     InvalidSignature,
     ReplayedMessage,
-    SigningConfigError,
     UnprovenPrincipal,
 )
 from messaging.identity import Principal, PrincipalKind, encode_principal
+from messaging.keyring import KeyRing, RingKey, SigningKey, b64, unb64
+
+__all__ = [
+    "Destination",
+    "KeyRing",
+    "Origin",
+    "RingKey",
+    "SeenMessages",
+    "Signer",
+    "SigningKey",
+    "Verifier",
+    "carried_origin",
+    "carrying",
+    "identity_digest",
+]
 
 ASSERTION_VERSION: Final = 1
 MAX_TOKEN_CHARS: Final = 4096
 # Clocks of two hosts disagree a little; an assertion issued this far in the
 # future is still accepted.
 CLOCK_SKEW: Final = 30.0
-KID_BYTES: Final = 8
 # No honest signer makes an assertion valid for longer (the defaults are 5 minutes
 # for a message and an hour for an origin); a longer one would also pin its
 # message id in the replay cache for that long.
 MAX_LIFETIME: Final = 86_400.0
 
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True, slots=True)
-class RingKey:
-    """A public key in the ring: whose it is, and until when it may still verify."""
-
-    kid: str
-    service: str
-    key: Ed25519PublicKey
-    retire_after: float | None = None
-
-    def usable_at(self, now: float) -> bool:
-        return self.retire_after is None or now <= self.retire_after
-
-
-class KeyRing:
-    """Every public key a consumer accepts, by key id, so that keys can rotate."""
-
-    def __init__(self, keys: Iterable[RingKey] = ()) -> None:
-        self._keys = {key.kid: key for key in keys}
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __iter__(self) -> Iterator[RingKey]:
-        return iter(sorted(self._keys.values(), key=lambda k: (k.service, k.kid)))
-
-    def get(self, kid: str) -> RingKey | None:
-        return self._keys.get(kid)
-
-    def with_key(self, key: RingKey) -> KeyRing:
-        return KeyRing([*self._keys.values(), key])
-
-    def without(self, kid: str) -> KeyRing:
-        return KeyRing(k for k in self._keys.values() if k.kid != kid)
-
-    def retiring(self, kid: str, after: float) -> KeyRing:
-        """The same ring, with key `kid` refused from time `after` on."""
-        key = self._keys.get(kid)
-        if key is None:
-            raise SigningConfigError(f"key {kid!r} is not in the ring")
-        retired = RingKey(key.kid, key.service, key.key, after)
-        return KeyRing([*(k for k in self._keys.values() if k.kid != kid), retired])
-
-    def to_json(self) -> str:
-        entries = [
-            {
-                "kid": key.kid,
-                "service": key.service,
-                "public_key": _b64(key.key.public_bytes_raw()),
-                "retire_after": key.retire_after,
-            }
-            for key in self
-        ]
-        return json.dumps({"keys": entries}, indent=2) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> KeyRing:
-        try:
-            document = json.loads(text)
-            keys = [_ring_key(entry) for entry in document["keys"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SigningConfigError(f"the key ring is malformed: {exc}") from exc
-        return cls(keys)
-
-    @classmethod
-    def load(cls, path: Path) -> KeyRing:
-        try:
-            return cls.from_json(path.read_text())
-        except OSError as exc:
-            raise SigningConfigError(f"cannot read the key ring {path}: {exc}") from exc
-
-    def save(self, path: Path) -> None:
-        path.write_text(self.to_json())
-
-
-@dataclass(frozen=True, slots=True)
-class SigningKey:
-    """A service's private key and the id its public half has in the ring."""
-
-    service: str
-    kid: str
-    private: Ed25519PrivateKey
-
-    @classmethod
-    def generate(cls, service: str) -> SigningKey:
-        kid = f"{service}-{secrets.token_hex(KID_BYTES)}"
-        return cls(service, kid, Ed25519PrivateKey.generate())
-
-    def public(self) -> RingKey:
-        return RingKey(self.kid, self.service, self.private.public_key())
-
-    def to_pem(self) -> bytes:
-        """PKCS#8 PEM with the service and key id as a comment line above it."""
-        body = self.private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        return f"# baton-key service={self.service} kid={self.kid}\n".encode() + body
-
-    @classmethod
-    def from_pem(cls, data: bytes) -> SigningKey:
-        first, _, rest = data.partition(b"\n")
-        fields = dict(
-            item.split("=", 1) for item in first.decode().split()[2:] if "=" in item
-        )
-        if not first.startswith(b"# baton-key ") or set(fields) != {"service", "kid"}:
-            raise SigningConfigError(
-                "a signing key file starts with '# baton-key service=... kid=...'"
-            )
-        key = serialization.load_pem_private_key(rest, password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise SigningConfigError("a signing key must be an Ed25519 private key")
-        return cls(fields["service"], fields["kid"], key)
-
-    @classmethod
-    def load(cls, path: Path) -> SigningKey:
-        try:
-            return cls.from_pem(path.read_bytes())
-        except (OSError, ValueError) as exc:
-            raise SigningConfigError(f"cannot load signing key {path}: {exc}") from exc
-
-    def save(self, path: Path) -> None:
-        """Write the key readable by its owner only."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(self.to_pem())
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,11 +362,11 @@ def identity_digest(principal: Principal | None) -> str:
 
 
 def _seal(claims: Mapping[str, Any], key: SigningKey) -> str:
-    payload = _b64(
+    payload = b64(
         json.dumps({**claims, "kid": key.kid}, separators=(",", ":")).encode()
     )
     signature = key.private.sign(payload.encode("ascii"))
-    return f"{payload}.{_b64(signature)}"
+    return f"{payload}.{b64(signature)}"
 
 
 # The claims an assertion must carry, and the JSON type of each.
@@ -530,8 +406,8 @@ def _unseal(
     if not dot:
         raise InvalidSignature(f"{header}: not of the form claims.signature")
     try:
-        claims = json.loads(_unb64(payload), parse_constant=_no_constants)
-        raw_signature = _unb64(signature)
+        claims = json.loads(unb64(payload), parse_constant=_no_constants)
+        raw_signature = unb64(signature)
     except (ValueError, binascii.Error, RecursionError) as exc:
         raise InvalidSignature(f"{header}: cannot be decoded: {exc}") from None
     if not isinstance(claims, dict):
@@ -580,27 +456,9 @@ def _expect(claims: Mapping[str, Any], name: str, actual: str, what: str) -> Non
         raise InvalidSignature(f"{h.SIGNATURE}: signed for {what} ({name})")
 
 
-def _ring_key(entry: Mapping[str, Any]) -> RingKey:
-    retire_after = entry.get("retire_after")
-    return RingKey(
-        kid=str(entry["kid"]),
-        service=str(entry["service"]),
-        key=Ed25519PublicKey.from_public_bytes(_unb64(str(entry["public_key"]))),
-        retire_after=None if retire_after is None else float(retire_after),
-    )
-
-
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a number an assertion may carry")
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

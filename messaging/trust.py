@@ -30,15 +30,9 @@ from messaging.declaration import ServiceDeclaration, senders_of
 from messaging.errors import TrustConfigError, UntrustedPublisher
 from messaging.handlers import HandlerSpec
 from messaging.identity import SERVICE_PATTERN, Principal
+from messaging.keyring import KeyRing, SigningKey
 from messaging.settings import BrokerSettings
-from messaging.signing import (
-    Destination,
-    KeyRing,
-    Origin,
-    Signer,
-    SigningKey,
-    Verifier,
-)
+from messaging.signing import Destination, Origin, Signer, Verifier
 from messaging.topology import Route, Topology
 
 logger = logging.getLogger(__name__)
