@@ -7,6 +7,7 @@ the reason, and no handler may run.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -154,6 +155,32 @@ async def test_an_expired_assertion_is_refused(deployment: Deployment) -> None:
     assert code == "InvalidSignature"
     assert "expired" in reason
     assert deployment.seen.of("core") == []
+
+
+async def test_a_handled_message_replayed_after_its_expiry_is_refused(
+    deployment: Deployment,
+) -> None:
+    await started(deployment, ["core"])
+    message_id = uuid.uuid4().hex
+    # Signed 59 of its 60 seconds ago: it is handled now and expired a second later.
+    issued = time.time() - 59
+    headers = signed(
+        deployment.key("edge"), alice(), to_core(deployment), message_id, issued=issued
+    )
+    await publish_as(
+        deployment, "edge", PLACE, body=BODY, headers=headers, message_id=message_id
+    )
+    await deployment.seen.wait_for("core", 1)
+
+    await asyncio.sleep(max(0.0, issued + 60 - time.time()) + 0.2)
+    await publish_as(
+        deployment, "edge", PLACE, body=BODY, headers=headers, message_id=message_id
+    )
+
+    ((quarantined, code, reason),) = await parked(deployment, "core", 1)
+    assert (quarantined, code) == (message_id, "InvalidSignature")
+    assert "expired" in reason
+    assert len(deployment.seen.of("core")) == 1
 
 
 @pytest.mark.parametrize(
