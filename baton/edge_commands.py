@@ -50,11 +50,11 @@ def _serve_edge(args: argparse.Namespace) -> int:
     from edge_api.app import create_app
     from edge_api.dev_issuer import DevIssuer, uses_dev_key
 
-    configure_logging()
-    issuer = DevIssuer()
+    issuer = DevIssuer.from_environment()
     settings = _edge_settings(issuer)
     if settings is None:
         return 2
+    configure_logging()
     overrides = {
         name: value
         for name, value in (("host", args.host), ("port", args.port))
@@ -76,7 +76,7 @@ def _serve_edge(args: argparse.Namespace) -> int:
 def _mint_token(args: argparse.Namespace) -> int:
     from edge_api.dev_issuer import DevIssuer, uses_dev_key
 
-    issuer = DevIssuer()
+    issuer = DevIssuer.from_environment()
     settings = _edge_settings(issuer)
     if settings is None:
         return 2
@@ -89,7 +89,7 @@ def _mint_token(args: argparse.Namespace) -> int:
     roles = [role.strip() for role in args.roles.split(",") if role.strip()]
     try:
         token = issuer.mint(settings, args.sub, roles, tenant=args.tenant, ttl=args.ttl)
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:
         print(f"baton token: {exc}", file=sys.stderr)
         return 2
     print(token)
@@ -104,4 +104,11 @@ def _edge_settings(issuer: DevIssuer) -> EdgeSettings | None:
     except ValidationError as exc:
         problems = "; ".join(str(err["msg"]) for err in exc.errors())
         print(f"baton: the edge settings are invalid: {problems}", file=sys.stderr)
-        return None
+    except (OSError, ValueError) as exc:
+        print(
+            f"baton: no development key in {issuer.directory} ({exc}); set "
+            "BATON_EDGE_DEV_KEY_DIR to a writable directory, or configure a key "
+            "source (BATON_EDGE_JWKS_URL, _PUBLIC_KEYS or _HS256_SECRET)",
+            file=sys.stderr,
+        )
+    return None

@@ -20,6 +20,7 @@ from typing import Final
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edge_api.settings import EdgeSettings
 
@@ -34,11 +35,23 @@ KEY_SOURCE_VARIABLES: Final = (
 )
 
 
+class DevIssuerSettings(BaseSettings):
+    """Where the development key pair lives (``BATON_EDGE_DEV_KEY_DIR``)."""
+
+    model_config = SettingsConfigDict(env_prefix="BATON_EDGE_DEV_", extra="ignore")
+
+    key_dir: Path = DEV_DIRECTORY
+
+
 @dataclass(frozen=True)
 class DevIssuer:
     """Mints development tokens with the key pair kept in `directory`."""
 
     directory: Path = DEV_DIRECTORY
+
+    @classmethod
+    def from_environment(cls) -> DevIssuer:
+        return cls(DevIssuerSettings().key_dir)
 
     @property
     def private_key_file(self) -> Path:

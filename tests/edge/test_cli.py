@@ -157,3 +157,30 @@ async def test_the_first_minute_start_mint_submit_handled(
     assert principal.subject == "alice"
     assert principal.roles == {"planner"}
     assert payload == PlanCreate(**GOAL)
+
+
+def test_the_dev_key_directory_can_be_chosen(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATON_EDGE_DEV_KEY_DIR", str(workdir / "keys"))
+
+    mint(capsys, "--sub", "alice")
+
+    assert (workdir / "keys" / "edge-dev.key").exists()
+    assert not (workdir / ".baton").exists()
+
+
+@pytest.mark.parametrize("command", ["token", "edge"])
+def test_an_unusable_dev_key_directory_is_a_clear_error_not_a_traceback(
+    workdir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    (workdir / "a-file").write_text("not a directory")
+    monkeypatch.setenv("BATON_EDGE_DEV_KEY_DIR", str(workdir / "a-file" / "keys"))
+    args = ["token", "--sub", "alice"] if command == "token" else ["edge"]
+
+    assert main(args) == 2
+
+    assert "BATON_EDGE_DEV_KEY_DIR" in capsys.readouterr().err
