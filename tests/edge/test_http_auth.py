@@ -9,6 +9,7 @@ import pytest
 
 from edge_api.settings import EdgeSettings
 from messaging.settings import BrokerSettings
+from tests.conftest import Broker
 from tests.edge.conftest import IdentityProvider, RunningEdge, Spy, bearer, run_edge
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
@@ -89,8 +90,12 @@ async def test_a_sub_that_cannot_be_a_principal_is_401_not_500(
 
 
 async def test_a_key_server_outage_with_a_cold_cache_is_503_with_retry_after(
-    edge_settings: EdgeSettings, settings: BrokerSettings, idp: IdentityProvider
+    edge_settings: EdgeSettings,
+    settings: BrokerSettings,
+    broker: Broker,
+    idp: IdentityProvider,
 ) -> None:
+    # `broker` removes the exchanges this edge declares when it connects.
     idp.server.failing = True
     async for running in run_edge(edge_settings, settings):
         response = await running.client.post(
