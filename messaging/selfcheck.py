@@ -62,10 +62,13 @@ def verify_startup(
 
     own = next((d for d in declared if d.name == service), None)
     if settings.management_url is None or own is None:
-        logger.warning(
-            "%s: broker rights not checked (no BATON_MANAGEMENT_URL or declaration)",
-            service,
-        )
+        # In development (trust off, guest) there is nothing to warn about.
+        if settings.trust_publishers or settings.require_signatures:
+            logger.warning(
+                "%s: broker rights not checked (no BATON_MANAGEMENT_URL or "
+                "declaration); run `baton provision --check`",
+                service,
+            )
         return policy, signer
 
     accounts = Accounts(settings.account_prefix)

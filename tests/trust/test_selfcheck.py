@@ -224,3 +224,12 @@ def test_an_account_missing_on_the_broker_refuses_to_start(
 
     with pytest.raises(UnsafeToStart, match="cannot read the rights"):
         check(deployment, "audit")
+
+
+def test_development_settings_start_without_trust_and_without_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    policy, signer = verify_startup(BrokerSettings(), "core", DECLARATIONS)
+
+    assert (policy, signer) == (None, None)
+    assert not [r for r in caplog.records if r.name == "messaging.selfcheck"]
