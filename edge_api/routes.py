@@ -227,11 +227,22 @@ async def _ask(
             detail=f"no reply to {contract.name} within {edge.settings.reply_timeout}s",
         ) from None
     except RemoteError as exc:
-        code = REMOTE_STATUS.get(exc.error_type, status.HTTP_502_BAD_GATEWAY)
-        logger.info("%s answered with %s", contract.name, exc.error_type)
-        raise HTTPException(code, detail=f"{exc.error_type}: {exc.message}") from None
+        raise _remote_failure(contract, exc) from None
     except RequestError as exc:
         raise _unavailable(request, contract, exc) from None
+
+
+def _remote_failure(contract: Contract, exc: RemoteError) -> HTTPException:
+    """A refusal about the request is the client's to read; a crash is ours."""
+    code = REMOTE_STATUS.get(exc.error_type)
+    if code is not None:
+        logger.info("%s refused: %s", contract.name, exc)
+        return HTTPException(code, detail=f"{exc.error_type}: {exc.message}")
+    logger.warning("%s failed in the service: %s", contract.name, exc)
+    return HTTPException(
+        status.HTTP_502_BAD_GATEWAY,
+        detail=f"the service could not handle {contract.name}",
+    )
 
 
 def _unavailable(

@@ -191,8 +191,11 @@ async def test_a_refusal_by_the_worker_maps_to_its_http_status(
     assert response.json()["detail"].startswith(f"{error}: ")
 
 
-async def test_a_failing_worker_is_a_bad_gateway(
-    edge: RunningEdge, idp: IdentityProvider, start_consumer: StartConsumer
+async def test_a_failing_worker_is_a_bad_gateway_that_keeps_its_reason_inside(
+    edge: RunningEdge,
+    idp: IdentityProvider,
+    start_consumer: StartConsumer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def broken(context: Context, payload: PlanGet) -> PlanView:
         raise Retry("the database is down")
@@ -204,7 +207,10 @@ async def test_a_failing_worker_is_a_bad_gateway(
     )
 
     assert response.status_code == 502
-    assert "the database is down" in response.json()["detail"]
+    assert response.json() == {"detail": "the service could not handle plan.get"}
+    assert "plan.get failed in the service: Retry: the database is down" in (
+        caplog.text
+    )
 
 
 async def test_no_reply_in_time_is_a_gateway_timeout(
