@@ -53,7 +53,7 @@ from messaging.logcontext import MessageContext, message_context
 from messaging.publisher import Publisher
 from messaging.rpc import Requester
 from messaging.settings import BrokerSettings
-from messaging.signing import Origin, Signer, carrying
+from messaging.signing import OriginAssertion, Signer, carrying
 from messaging.topology import Binding, Topology, supports_quorum
 from messaging.trust import TrustPolicy
 
@@ -238,7 +238,7 @@ class Consumer:
 
     def _admit(
         self, message: AbstractIncomingMessage
-    ) -> tuple[HandlerSpec[Any], Principal, int, Origin | None]:
+    ) -> tuple[HandlerSpec[Any], Principal, int, OriginAssertion | None]:
         """Every check that needs no handler: each failure is final, never retried."""
         if len(message.body) > self.settings.max_body_bytes:
             raise SchemaError(

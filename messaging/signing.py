@@ -49,7 +49,7 @@ from messaging.keyring import KeyRing, RingKey, SigningKey, b64, unb64
 __all__ = [
     "Destination",
     "KeyRing",
-    "Origin",
+    "OriginAssertion",
     "RingKey",
     "SeenMessages",
     "Signer",
@@ -74,7 +74,7 @@ Clock = Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)
-class Origin:
+class OriginAssertion:
     """A verified origin assertion: who the work is for, and who vouched for it."""
 
     subject: str
@@ -103,11 +103,13 @@ class Destination:
     message_type: str
 
 
-_carried: ContextVar[Origin | None] = ContextVar("baton_carried_origin", default=None)
+_carried: ContextVar[OriginAssertion | None] = ContextVar(
+    "baton_carried_origin", default=None
+)
 
 
 @contextlib.contextmanager
-def carrying(origin: Origin | None) -> Iterator[None]:
+def carrying(origin: OriginAssertion | None) -> Iterator[None]:
     """Make `origin` the one every message published inside the block carries on."""
     token = _carried.set(origin)
     try:
@@ -116,7 +118,7 @@ def carrying(origin: Origin | None) -> Iterator[None]:
         _carried.reset(token)
 
 
-def carried_origin() -> Origin | None:
+def carried_origin() -> OriginAssertion | None:
     return _carried.get()
 
 
@@ -260,7 +262,7 @@ class Verifier:
         body: bytes,
         principal: Principal,
         first_delivery: bool,
-    ) -> Origin:
+    ) -> OriginAssertion:
         """Check the message's signature and origin; returns the verified origin.
 
         `first_delivery` is False for our own retries and for the broker's
@@ -282,7 +284,9 @@ class Verifier:
             )
         return origin
 
-    def _origin(self, token: object, principal: Principal, now: float) -> Origin:
+    def _origin(
+        self, token: object, principal: Principal, now: float
+    ) -> OriginAssertion:
         claims = self._open(token, h.ORIGIN_ASSERTION, None, now)
         issuer = claims["iss"]
         kind = claims.get("kind")
@@ -436,11 +440,11 @@ def _check_shape(claims: dict[str, Any], header: str) -> None:
         raise InvalidSignature(f"{header}: version {claims['v']} is not supported")
 
 
-def _origin_from(claims: dict[str, Any], token: object) -> Origin:
+def _origin_from(claims: dict[str, Any], token: object) -> OriginAssertion:
     roles = claims["roles"]
     if not all(type(role) is str for role in roles):
         raise InvalidSignature(f"{h.ORIGIN_ASSERTION}: roles must be strings")
-    return Origin(
+    return OriginAssertion(
         subject=claims["sub"],
         kind=PrincipalKind(claims["kind"]),
         roles=frozenset(roles),

@@ -32,7 +32,7 @@ from messaging.handlers import HandlerSpec
 from messaging.identity import SERVICE_PATTERN, Principal
 from messaging.keyring import KeyRing, SigningKey
 from messaging.settings import BrokerSettings
-from messaging.signing import Destination, Origin, Signer, Verifier
+from messaging.signing import Destination, OriginAssertion, Signer, Verifier
 from messaging.topology import Route, Topology
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class TrustPolicy:
         message: AbstractIncomingMessage,
         spec: HandlerSpec[Any],
         principal: Principal,
-    ) -> Origin | None:
+    ) -> OriginAssertion | None:
         """Raise a MessageRejected unless the message may be believed."""
         provenance = self.provenance(message, spec)
         if not self.trust_map.allows(
