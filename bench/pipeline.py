@@ -1,7 +1,10 @@
 """The worker pipeline through Baton, through raw aio-pika and through FastStream.
 
-Each variant is one coroutine taking a :class:`RunSpec` and returning the seconds
-from the first publish until the handler has seen every message. Every variant
+Each variant is one coroutine taking a :class:`RunSpec` and returning a
+:class:`Timing`: the seconds from the first publish until the handler has seen
+every message, and the CPU time this process spent meanwhile (publisher and
+consumer both run here). CPU per message barely depends on what else the machine
+is doing, so it compares variants even when the wall clock is noisy. Every variant
 sets up its own consumer first (not timed), publishes in the same windows, and
 deletes what it declared afterwards, even when the run fails.
 """
@@ -10,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -42,28 +47,30 @@ from bench.workload import (
 )
 from contracts.plans import PlanCreate
 from messaging import headers as h
-from messaging.connection import Link
+from messaging.connection import Link, broker_user
 from messaging.consumer import Consumer
+from messaging.identity import encode_principal
 from messaging.publisher import Publisher
 from messaging.settings import BrokerSettings
 
-Pipeline = Callable[[RunSpec], Awaitable[float]]
+Pipeline = Callable[[RunSpec], Awaitable["Timing"]]
 Send = Callable[[int], Awaitable[object]]
 
 QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
+RAW_PRINCIPAL = edge_principal()
 
 
-async def baton(spec: RunSpec) -> float:
+async def baton(spec: RunSpec) -> Timing:
     """Publisher -> Consumer with every check Baton makes, unsigned identity."""
     return await _baton(spec, signed=False)
 
 
-async def baton_signed(spec: RunSpec) -> float:
+async def baton_signed(spec: RunSpec) -> Timing:
     """The same, with every message signed and its signature verified."""
     return await _baton(spec, signed=True)
 
 
-async def _baton(spec: RunSpec, *, signed: bool) -> float:
+async def _baton(spec: RunSpec, *, signed: bool) -> Timing:
     settings = BrokerSettings(
         amqp_url=spec.amqp_url, prefix=bench_prefix(spec.prefix), prefetch=spec.prefetch
     )
@@ -103,8 +110,47 @@ async def _baton(spec: RunSpec, *, signed: bool) -> float:
         )
 
 
-async def raw_aio_pika(spec: RunSpec) -> float:
+async def raw_aio_pika(spec: RunSpec) -> Timing:
     """The least a careful aio-pika program does for the same guarantees."""
+    return await _raw(spec, _plain_message)
+
+
+async def raw_identity_headers(spec: RunSpec) -> Timing:
+    """The same raw loop carrying Baton's headers and properties, unchecked.
+
+    Not a contender: it shows how much of Baton's cost is the identity on the
+    wire (a header table AMQP clients encode and decode in Python) rather than
+    Baton's own code.
+    """
+    return await _raw(spec, _message_like_baton)
+
+
+def _plain_message(_account: str) -> aio_pika.Message:
+    return aio_pika.Message(
+        PAYLOAD.model_dump_json().encode(),
+        content_type=h.CONTENT_TYPE,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=uuid.uuid4().hex,
+        type=MESSAGE_TYPE,
+    )
+
+
+def _message_like_baton(account: str) -> aio_pika.Message:
+    message_id = uuid.uuid4().hex
+    return aio_pika.Message(
+        PAYLOAD.model_dump_json().encode(),
+        headers=encode_principal(RAW_PRINCIPAL),
+        content_type=h.CONTENT_TYPE,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message_id,
+        correlation_id=message_id,
+        timestamp=datetime.now(UTC),
+        type=MESSAGE_TYPE,
+        user_id=account,  # RabbitMQ checks it against the connection's account
+    )
+
+
+async def _raw(spec: RunSpec, message: Callable[[str], aio_pika.Message]) -> Timing:
     prefix = bench_prefix(spec.prefix)
     exchange_name, queue_name = f"{prefix}.commands", f"{prefix}.{SERVICE}"
     tally = Tally(spec.messages)
@@ -113,6 +159,7 @@ async def raw_aio_pika(spec: RunSpec) -> float:
         tally.handled()
         await message.ack()
 
+    account = broker_user(spec.amqp_url)
     consuming = await aio_pika.connect(spec.amqp_url)
     publishing = await aio_pika.connect(spec.amqp_url)
     try:
@@ -131,14 +178,7 @@ async def raw_aio_pika(spec: RunSpec) -> float:
         target = await confirming.get_exchange(exchange_name, ensure=False)
 
         async def send(_index: int) -> None:
-            message = aio_pika.Message(
-                PAYLOAD.model_dump_json().encode(),
-                content_type=h.CONTENT_TYPE,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=uuid.uuid4().hex,
-                type=MESSAGE_TYPE,
-            )
-            await target.publish(message, MESSAGE_TYPE, mandatory=True)
+            await target.publish(message(account), MESSAGE_TYPE, mandatory=True)
 
         return await timed(send, tally, spec)
     finally:
@@ -147,7 +187,7 @@ async def raw_aio_pika(spec: RunSpec) -> float:
         await delete_names(spec.amqp_url, [queue_name], [exchange_name])
 
 
-async def faststream(spec: RunSpec) -> float:
+async def faststream(spec: RunSpec) -> Timing:
     """FastStream's RabbitBroker: typed handler, ack after it, confirmed publish."""
     prefix = bench_prefix(spec.prefix)
     exchange = RabbitExchange(
@@ -196,10 +236,27 @@ async def faststream(spec: RunSpec) -> float:
         await delete_names(spec.amqp_url, [queue.name], [exchange.name])
 
 
-async def timed(send: Send, tally: Tally, spec: RunSpec) -> float:
-    """Seconds from the first publish until every message was handled."""
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock and CPU seconds of one run of `messages` messages."""
+
+    messages: int
+    seconds: float
+    cpu_seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+    @property
+    def cpu_us_per_message(self) -> float:
+        return self.cpu_seconds / self.messages * 1e6
+
+
+async def timed(send: Send, tally: Tally, spec: RunSpec) -> Timing:
+    """Wall and CPU time from the first publish until every message was handled."""
     loop = asyncio.get_running_loop()
-    started = loop.time()
+    started, cpu_started = loop.time(), time.process_time()
     await publish_in_windows(send, spec.messages, spec.window)
     deadline = 30.0 + spec.messages / 200
     try:
@@ -209,13 +266,16 @@ async def timed(send: Send, tally: Tally, spec: RunSpec) -> float:
             f"only {tally.count} of {tally.expected} messages were handled "
             f"within {deadline:.0f}s"
         ) from None
-    return loop.time() - started
+    return Timing(
+        spec.messages, loop.time() - started, time.process_time() - cpu_started
+    )
 
 
 PIPELINES: dict[str, Pipeline] = {
     "baton": baton,
     "baton_signed": baton_signed,
     "raw_aio_pika": raw_aio_pika,
+    "raw_identity_headers": raw_identity_headers,
     "faststream": faststream,
 }
 
@@ -239,30 +299,41 @@ async def compare(
         await pipeline(warmup)
 
     names = list(variants)
-    rates: dict[str, list[float]] = {name: [] for name in names}
+    timings: dict[str, list[Timing]] = {name: [] for name in names}
     for repetition in range(repeat):
         shift = repetition % len(names)
         for name in names[shift:] + names[:shift]:
-            seconds = await variants[name](spec)
-            rates[name].append(spec.messages / seconds)
+            timings[name].append(await variants[name](spec))
 
-    return {name: _figures(name, rates) for name in names}
+    rates = {name: [t.rate for t in runs] for name, runs in timings.items()}
+    cpu = {name: [t.cpu_us_per_message for t in runs] for name, runs in timings.items()}
+    return {name: _figures(name, rates, cpu) for name in names}
 
 
-def _figures(name: str, rates: dict[str, list[float]]) -> dict[str, Any]:
-    runs = rates[name]
+def _figures(
+    name: str, rates: dict[str, list[float]], cpu: dict[str, list[float]]
+) -> dict[str, Any]:
     figures: dict[str, Any] = {
-        "msg_per_s": round(statistics.median(runs), 1),
-        "runs": [round(rate, 1) for rate in runs],
-        "ratio_to_raw": _paired_ratio(runs, rates.get("raw_aio_pika")),
+        "msg_per_s": round(statistics.median(rates[name]), 1),
+        "runs": [round(rate, 1) for rate in rates[name]],
+        "ratio_to_raw": _paired_ratio(rates[name], rates.get("raw_aio_pika")),
+        "cpu_us_per_msg": round(statistics.median(cpu[name]), 1),
+        # Raw aio-pika's CPU per message over this variant's: like a rate ratio,
+        # above 1 means cheaper than raw.
+        "cpu_ratio_to_raw": _paired_ratio(cpu.get("raw_aio_pika", []), cpu[name]),
     }
     if name.startswith("baton"):
-        figures["ratio_to_faststream"] = _paired_ratio(runs, rates.get("faststream"))
+        figures["ratio_to_faststream"] = _paired_ratio(
+            rates[name], rates.get("faststream")
+        )
+        figures["cpu_ratio_to_faststream"] = _paired_ratio(
+            cpu.get("faststream", []), cpu[name]
+        )
     return figures
 
 
 def _paired_ratio(runs: list[float], baseline: list[float] | None) -> float | None:
-    if not baseline:
+    if not runs or not baseline:
         return None
     return round(
         statistics.median(a / b for a, b in zip(runs, baseline, strict=True)), 3

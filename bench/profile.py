@@ -24,12 +24,15 @@ async def profile_pipeline(name: str, spec: RunSpec) -> str:
     profiler = Profiler(interval=0.0005, async_mode="disabled")
     profiler.start()
     try:
-        seconds = await pipeline(spec)
+        timing = await pipeline(spec)
     finally:
         profiler.stop()
 
     flat = profiler.output_text(flat=True, time="percent_of_total")
     tree = profiler.output_text(time="percent_of_total", short_mode=True)
     head = "\n".join(flat.splitlines()[:FLAT_LINES])
-    rate = spec.messages / seconds
-    return f"{name}: {spec.messages} messages at {rate:.0f} msg/s\n{head}\n\n{tree}"
+    summary = (
+        f"{name}: {spec.messages} messages at {timing.rate:.0f} msg/s, "
+        f"{timing.cpu_us_per_message:.0f} us CPU each (profiler included)"
+    )
+    return f"{summary}\n{head}\n\n{tree}"

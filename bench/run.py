@@ -34,8 +34,8 @@ from bench.report import as_text, judge_targets
 from bench.workload import RunSpec, run_prefix
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
-FULL = {"messages": 20_000, "repeat": 5, "backlog": 100_000, "edge_requests": 4_000}
-QUICK = {"messages": 2_000, "repeat": 3, "backlog": 10_000, "edge_requests": 500}
+FULL = {"messages": 10_000, "repeat": 5, "backlog": 100_000, "edge_requests": 2_000}
+QUICK = {"messages": 1_000, "repeat": 3, "backlog": 5_000, "edge_requests": 200}
 # Leaves room for the suffixes each measurement adds (see bench.workload).
 PREFIX = re.compile(r"[a-z][a-z0-9]{0,19}")
 

@@ -21,7 +21,13 @@ pytestmark = pytest.mark.broker
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKLOG = 200
-PIPELINES = {"baton", "raw_aio_pika", "faststream", "baton_signed"}
+PIPELINES = {
+    "baton",
+    "baton_signed",
+    "raw_aio_pika",
+    "raw_identity_headers",
+    "faststream",
+}
 IDENTITY = {"encode_us", "decode_us", "validate_payload_us", "decode_and_validate_us"}
 
 
@@ -74,6 +80,8 @@ def test_every_pipeline_is_measured_or_said_to_be_missing(result):
         assert figures["msg_per_s"] > 0
         assert len(figures["runs"]) == 1
         assert figures["ratio_to_raw"] > 0
+        assert figures["cpu_us_per_msg"] > 0
+        assert figures["cpu_ratio_to_raw"] > 0
     assert pipeline["raw_aio_pika"]["ratio_to_raw"] == 1.0
     assert pipeline["baton"]["ratio_to_faststream"] > 0
 
