@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import logging
 import signal
@@ -23,10 +24,15 @@ from typing import Any, Protocol
 
 import uvicorn
 
+from baton.provision_commands import reference_declarations
 from messaging.connection import redacted
-from messaging.errors import BrokerUnavailable
+from messaging.declaration import ServiceDeclaration
+from messaging.errors import BrokerUnavailable, TrustConfigError
 from messaging.logcontext import configure_logging
+from messaging.selfcheck import verify_startup
 from messaging.settings import BrokerSettings
+from messaging.signing import Signer
+from messaging.trust import TrustPolicy
 from workers.scheduler import Scheduler
 from workers.settings import WorkerSettings
 from workers.system import SERVICES, Part, build, build_scheduler
@@ -84,7 +90,8 @@ class ServicePart:
         self.name = self.part.service.name
 
     async def start(self) -> str:
-        self.worker = Worker(self.part.service, self.broker)
+        trust, signer = await _self_check(self.broker, self.name)
+        self.worker = Worker(self.part.service, self.broker, trust=trust, signer=signer)
         await self.worker.start()
         return (
             f"consuming {self.worker.queue} on {redacted(self.broker.amqp_url)}; "
@@ -106,7 +113,8 @@ class SchedulerPart:
     name: str = "scheduler"
 
     async def start(self) -> str:
-        await self.scheduler.start(self.broker)
+        trust, signer = await _self_check(self.broker, self.name)
+        await self.scheduler.start(self.broker, trust=trust, signer=signer)
         queue = self.broker.topology().service_queue(self.scheduler.name)
         jobs = len(await self.scheduler.jobs())
         return (
@@ -249,6 +257,26 @@ def _stop_on_signals(stopping: asyncio.Event) -> Iterator[None]:
     finally:
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+
+
+async def _self_check(
+    broker: BrokerSettings, service: str
+) -> tuple[TrustPolicy | None, Signer | None]:
+    """The trust policy and signer the settings ask for, after the self-check.
+
+    The check reads the broker account's rights over HTTP when
+    ``BATON_MANAGEMENT_URL`` is set, so it runs in a thread.
+    """
+    try:
+        return await asyncio.to_thread(verify_startup, broker, service, _declarations())
+    except TrustConfigError as exc:
+        raise StartupFailed(str(exc)) from None
+
+
+@functools.cache
+def _declarations() -> tuple[ServiceDeclaration, ...]:
+    """Every declaration of the reference deployment, as ``baton provision`` uses."""
+    return tuple(reference_declarations())
 
 
 def _failure(task: asyncio.Task[Any]) -> str:

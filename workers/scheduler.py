@@ -30,7 +30,9 @@ from messaging.errors import PublishError
 from messaging.identity import Origin, Principal, PrincipalKind
 from messaging.publisher import Publisher
 from messaging.settings import BrokerSettings
+from messaging.signing import Signer
 from messaging.topology import Topology
+from messaging.trust import TrustPolicy
 from workers.errors import ScheduleError, UndeclaredMessage
 from workers.inbox import SqliteStore
 from workers.schedule import SKIP, Missed, Schedule
@@ -219,9 +221,18 @@ class Scheduler:
             wake = await self.next_wake(now)
             await self.clock.sleep(max(0.0, (wake - self.clock.now()).total_seconds()))
 
-    async def start(self, settings: BrokerSettings) -> None:
-        """Start taking orders on the service queue and firing ticks."""
-        self._worker = Worker(self.service, settings)
+    async def start(
+        self,
+        settings: BrokerSettings,
+        *,
+        trust: TrustPolicy | None = None,
+        signer: Signer | None = None,
+    ) -> None:
+        """Start taking orders on the service queue and firing ticks.
+
+        With a `signer`, every tick's message carries the scheduler's signature.
+        """
+        self._worker = Worker(self.service, settings, trust=trust, signer=signer)
         await self._worker.start()
         self.bind(self._worker.consumer.publisher, self._worker.consumer.topology)
         self._loop = asyncio.create_task(self.run(), name=f"{self.name}:ticks")

@@ -6,6 +6,8 @@ import logging
 
 from messaging.consumer import Consumer
 from messaging.settings import BrokerSettings
+from messaging.signing import Signer
+from messaging.trust import TrustPolicy
 from workers.service import Service
 
 logger = logging.getLogger(__name__)
@@ -14,9 +16,23 @@ logger = logging.getLogger(__name__)
 class Worker:
     """Consumes one service's queue with the handlers the service declared."""
 
-    def __init__(self, service: Service, settings: BrokerSettings) -> None:
+    def __init__(
+        self,
+        service: Service,
+        settings: BrokerSettings,
+        *,
+        trust: TrustPolicy | None = None,
+        signer: Signer | None = None,
+    ) -> None:
+        """`trust` and `signer` come from the startup self-check (None in dev)."""
         self.service = service
-        self.consumer = Consumer(service.name, service.declaration().handlers, settings)
+        self.consumer = Consumer(
+            service.name,
+            service.declaration().handlers,
+            settings,
+            trust=trust,
+            signer=signer,
+        )
 
     @property
     def name(self) -> str:

@@ -123,3 +123,17 @@ async def test_a_worker_that_cannot_reach_the_broker_exits_with_the_reason(
 
     assert code == 1
     assert "users: cannot reach the broker" in users.errors.read_text()
+
+
+async def test_a_worker_whose_trust_settings_contradict_refuses_to_start(
+    baton,
+) -> None:
+    users = await baton("worker", "users", BATON_REQUIRE_SIGNATURES="true")
+
+    async with asyncio.timeout(60):
+        code = await users.child.wait()
+
+    assert code == 1
+    complaint = users.errors.read_text()
+    assert "users refuses to start" in complaint
+    assert "trust_publishers is off" in complaint
