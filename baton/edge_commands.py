@@ -14,6 +14,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from messaging.connection import redacted
+from messaging.errors import TrustConfigError
 from messaging.logcontext import configure_logging
 from messaging.settings import BrokerSettings
 
@@ -63,12 +64,17 @@ def _serve_edge(args: argparse.Namespace) -> int:
     settings = settings.model_copy(update=overrides)
     broker = BrokerSettings()
 
+    try:
+        app = create_app(settings, broker)
+    except (OSError, ValueError, TrustConfigError) as exc:
+        print(f"baton edge: cannot start: {exc}", file=sys.stderr)
+        return 2
+
     if uses_dev_key():
         print(f"edge: trusting the development key {issuer.public_key_file}")
         print("edge: mint a token with: baton token --sub alice --roles planner")
     print(f"edge: broker {redacted(broker.amqp_url)} (prefix {broker.prefix!r})")
     print(f"edge: listening on http://{settings.host}:{settings.port}", flush=True)
-    app = create_app(settings, broker)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
     return 0
 

@@ -52,10 +52,13 @@ def create_app(
         _policy, signer = build_trust(
             broker, EDGE_SERVICE, [edge_declaration(contracts)]
         )
+    # Keys given up front are read now, so that a missing or unfit PEM file
+    # stops the edge before it serves; a JWKS client belongs to the lifespan.
+    static_keys = key_source(settings) if settings.jwks_url is None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        keys = key_source(settings)
+        keys = static_keys or key_source(settings)
         gateway = CommandGateway(
             broker, publish_timeout=settings.publish_timeout, signer=signer
         )

@@ -184,3 +184,15 @@ def test_an_unusable_dev_key_directory_is_a_clear_error_not_a_traceback(
     assert main(args) == 2
 
     assert "BATON_EDGE_DEV_KEY_DIR" in capsys.readouterr().err
+
+
+def test_edge_with_a_missing_public_key_file_says_so_instead_of_serving(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATON_EDGE_PUBLIC_KEYS", f'["{workdir / "absent.pem"}"]')
+
+    assert main(["edge"]) == 2
+
+    captured = capsys.readouterr()
+    assert "cannot start" in captured.err and "absent.pem" in captured.err
+    assert "listening" not in captured.out
