@@ -104,15 +104,31 @@ class SqliteStore:
         # TODO(inbox rows pile up): delete rows older than the longest redelivery
         # window once a retention setting exists; until then the table only grows.
         async with self._lock:
-            await asyncio.to_thread(self._db.execute, "BEGIN IMMEDIATE")
             try:
+                await self._to_the_end("BEGIN IMMEDIATE")
                 if record is not None:
                     self._claim(*record)
                 yield self._db
-                await asyncio.to_thread(self._db.execute, "COMMIT")
+                await self._to_the_end("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
+
+    async def _to_the_end(self, statement: str) -> None:
+        """Run a statement that may block in a thread, and let it finish.
+
+        A handler's deadline cancels the coroutine, not the thread: waiting for
+        the thread's outcome keeps the connection from being left inside a
+        transaction nobody will end (BEGIN) or rolled back under a running
+        COMMIT.
+        """
+        running = asyncio.ensure_future(asyncio.to_thread(self._db.execute, statement))
+        try:
+            await asyncio.shield(running)
+        except asyncio.CancelledError:
+            await asyncio.wait([running])
+            raise
 
     def _claim(self, consumer: str, message_id: str) -> None:
         inserted = self._db.execute(

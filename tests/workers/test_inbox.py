@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,3 +172,54 @@ async def test_a_message_without_an_id_cannot_be_handled_once(
 
     with pytest.raises(SchemaError, match="no message id"):
         context.once(store)
+
+
+@pytest.mark.asyncio
+async def test_a_transaction_cancelled_inside_its_block_rolls_back(
+    store: SqliteStore,
+) -> None:
+    entered = asyncio.Event()
+
+    async def slow_effect() -> None:
+        async with store.once("bank", "m-5") as tx:
+            tx.execute("INSERT INTO effects VALUES ('m-5', 'half')")
+            entered.set()
+            await asyncio.sleep(30)
+
+    task = asyncio.create_task(slow_effect())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert await _effects(store) == []
+    async with store.once("bank", "m-5") as tx:
+        tx.execute("INSERT INTO effects VALUES ('m-5', 'whole')")
+    assert await _effects(store) == ["whole"]
+
+
+@pytest.mark.asyncio
+async def test_a_transaction_cancelled_while_waiting_for_the_lock_leaves_none_open(
+    store: SqliteStore,
+) -> None:
+    other_process = sqlite3.connect(store.path, isolation_level=None)
+    other_process.execute("BEGIN IMMEDIATE")
+    try:
+        waiting = asyncio.create_task(_deposit(store, "m-6"))
+        await asyncio.sleep(0.3)
+        waiting.cancel()
+        await asyncio.sleep(0.1)
+        other_process.execute("ROLLBACK")
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    finally:
+        other_process.close()
+
+    await _deposit(store, "m-7")
+    assert await _effects(store) == ["m-7"]
+    assert not await store.handled("bank", "m-6")
+
+
+async def _deposit(store: SqliteStore, message_id: str) -> None:
+    async with store.once("bank", message_id) as tx:
+        tx.execute("INSERT INTO effects VALUES (?, ?)", (message_id, message_id))
