@@ -2,10 +2,12 @@
 
 ``baton run`` is the whole reference system in one process: the edge (when its
 package is installed), every reference service and the scheduler, against the
-broker at ``AMQP_URL``. ``baton worker <service>`` runs one service alone, as a
-container would; ``baton scheduler`` runs the scheduler alone. Each prints where
-its parts listen and stops cleanly on SIGINT or SIGTERM: no new messages are
-taken, the ones in flight finish and are acked, then the connections close.
+broker at ``AMQP_URL``; like ``baton edge``, its edge trusts the development key
+of ``baton token`` when no key source is configured. ``baton worker <service>``
+runs one service alone, as a container would; ``baton scheduler`` runs the
+scheduler alone. Each prints where its parts listen and stops cleanly on SIGINT
+or SIGTERM: no new messages are taken, the ones in flight finish and are acked,
+then the connections close.
 """
 
 from __future__ import annotations
@@ -177,26 +179,26 @@ def _settings() -> tuple[BrokerSettings, WorkerSettings]:
 
 
 def _edge(broker: BrokerSettings) -> EdgePart:
+    """The edge as ``baton edge`` would serve it, trusting the dev key by default."""
     # The edge is optional here: workers never import it, and a deployment
     # without the edge package still runs every service.
     if importlib.util.find_spec("edge_api.app") is None:
         raise SystemExit("baton run: the edge is not installed; use --no-edge")
-    from pydantic import ValidationError
-
+    from baton.edge_commands import announce_dev_key, edge_settings
     from edge_api.app import create_app
-    from edge_api.settings import EdgeSettings
+    from edge_api.dev_issuer import DevIssuer
 
+    issuer = DevIssuer.from_environment()
+    settings = edge_settings(issuer)
+    if settings is None:
+        raise SystemExit("baton run: fix the BATON_EDGE_* settings or pass --no-edge")
     try:
-        edge_settings = EdgeSettings()
-    except ValidationError as exc:
-        problems = "; ".join(str(err["msg"]) for err in exc.errors())
-        raise SystemExit(
-            f"baton run: the edge is not configured ({problems}); set the "
-            "BATON_EDGE_* variables or pass --no-edge"
-        ) from None
-    app = create_app(edge_settings, broker)
+        app = create_app(settings, broker)
+    except (OSError, ValueError, TrustConfigError) as exc:
+        raise SystemExit(f"baton run: the edge cannot start: {exc}") from None
+    announce_dev_key(issuer)
     config = uvicorn.Config(
-        app, host=edge_settings.host, port=edge_settings.port, log_config=None
+        app, host=settings.host, port=settings.port, log_config=None
     )
     return EdgePart(QuietServer(config))
 

@@ -9,10 +9,8 @@ test talks HTTP to the edge and reads the services' databases.
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
-import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -26,7 +24,13 @@ import pytest_asyncio
 from messaging.settings import BrokerSettings
 from tests.conftest import Broker
 from tests.workers.conftest import eventually
-from tests.workers.processes import Process, spawn_baton
+from tests.workers.processes import (
+    Process,
+    baton_env,
+    free_port,
+    leftovers,
+    spawn_baton,
+)
 from workers.system import SERVICES
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
@@ -47,12 +51,6 @@ def _token(subject: str, *roles: str) -> str:
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest_asyncio.fixture
 async def system(
     settings: BrokerSettings, broker: Broker, tmp_path: Path
@@ -60,17 +58,15 @@ async def system(
     """``baton run`` with the edge on a free port; yields it and the base URL."""
     for name in (*SERVICES, "scheduler"):
         broker.track(name)
-    port = _free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("BATON_EDGE_")},
-        "AMQP_URL": settings.amqp_url.get_secret_value(),
-        "BATON_PREFIX": settings.prefix,
-        "BATON_STATE_DIR": str(tmp_path / "state"),
-        "BATON_EDGE_HS256_SECRET": SECRET,
-        "BATON_EDGE_ALGORITHMS": '["HS256"]',
-        "BATON_EDGE_PORT": str(port),
-    }
-    process = await spawn_baton(["run"], env, tmp_path / "stderr.txt")
+    port = free_port()
+    env = baton_env(
+        settings,
+        tmp_path / "state",
+        BATON_EDGE_HS256_SECRET=SECRET,
+        BATON_EDGE_ALGORITHMS='["HS256"]',
+        BATON_EDGE_PORT=str(port),
+    )
+    process = await spawn_baton(["run"], env, tmp_path / "stderr.txt", cwd=tmp_path)
     try:
         await process.wait_for_line("baton: running")
         yield process, f"http://127.0.0.1:{port}"
@@ -79,6 +75,11 @@ async def system(
         if process.child.returncode is None:
             process.child.kill()
             await process.child.wait()
+    await broker.cleanup()
+    assert leftovers(settings.amqp_url.get_secret_value(), settings.prefix) in (
+        [],
+        None,
+    )
 
 
 async def test_a_plan_created_over_http_reaches_the_notification_with_the_chain(
