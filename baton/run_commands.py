@@ -20,7 +20,7 @@ import importlib.util
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -78,6 +78,11 @@ class Running(Protocol):
 
     async def stop(self) -> None: ...
 
+    @property
+    def essential_tasks(self) -> Sequence[asyncio.Task[Any]]:
+        """Tasks whose end, before a stop, means the part stopped working."""
+        ...
+
 
 @dataclass
 class ServicePart:
@@ -105,6 +110,10 @@ class ServicePart:
             await self.worker.stop()
         self.part.close()
 
+    @property
+    def essential_tasks(self) -> Sequence[asyncio.Task[Any]]:
+        return [] if self.worker is None else self.worker.essential_tasks
+
 
 @dataclass
 class SchedulerPart:
@@ -127,6 +136,10 @@ class SchedulerPart:
     async def stop(self) -> None:
         await self.scheduler.stop()
         self.scheduler.store.close()
+
+    @property
+    def essential_tasks(self) -> Sequence[asyncio.Task[Any]]:
+        return self.scheduler.essential_tasks
 
 
 @dataclass
@@ -151,6 +164,10 @@ class EdgePart:
         if self.task is not None:
             with contextlib.suppress(Exception, SystemExit):
                 await self.task
+
+    @property
+    def essential_tasks(self) -> Sequence[asyncio.Task[Any]]:
+        return [] if self.task is None else [self.task]
 
 
 def _run_all(args: argparse.Namespace) -> int:
@@ -205,13 +222,18 @@ def _edge(broker: BrokerSettings) -> EdgePart:
 
 def _serve(parts: list[Running]) -> int:
     try:
-        return asyncio.run(_run(parts))
+        return asyncio.run(run_parts(parts))
     except StartupFailed as exc:
         print(f"baton: {exc}", file=sys.stderr, flush=True)
         return 1
 
 
-async def _run(parts: list[Running]) -> int:
+async def run_parts(parts: list[Running]) -> int:
+    """Start `parts` in order and run until a signal, or until one stops working.
+
+    Returns the exit code: 0 after a stop signal, 1 when an essential task of
+    a part ended on its own.
+    """
     stopping = asyncio.Event()
     started: list[Running] = []
     with _stop_on_signals(stopping):
@@ -238,8 +260,13 @@ async def _start(part: Running) -> str:
 
 
 async def _until_stopped(stopping: asyncio.Event, parts: list[Running]) -> bool:
-    """Wait for a stop signal; True when a part ended on its own instead."""
-    watched = [p.task for p in parts if isinstance(p, EdgePart) and p.task]
+    """Wait for a stop signal; True when an essential task ended on its own instead.
+
+    A worker whose broker link gave up, or a scheduler whose tick loop died,
+    would otherwise sit idle in a process that looks alive: exiting non-zero
+    lets a supervisor restart it.
+    """
+    watched = [task for part in parts for task in part.essential_tasks]
     waiter = asyncio.create_task(stopping.wait())
     done, _ = await asyncio.wait([waiter, *watched], return_when="FIRST_COMPLETED")
     waiter.cancel()

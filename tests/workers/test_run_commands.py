@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sqlite3
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from baton.run_commands import SchedulerPart, ServicePart, run_parts
 from contracts import PROFILE_UPDATE_INTENT, ProfileUpdateIntent
 from messaging.settings import BrokerSettings
 from tests.conftest import Broker
@@ -24,7 +26,8 @@ from tests.workers.processes import (
     leftovers,
     spawn_baton,
 )
-from workers.system import SERVICES
+from workers.settings import WorkerSettings
+from workers.system import SERVICES, build, build_scheduler
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
 
@@ -192,3 +195,35 @@ async def test_a_worker_whose_trust_settings_contradict_refuses_to_start(
     complaint = users.errors.read_text()
     assert "users refuses to start" in complaint
     assert "trust_publishers is off" in complaint
+
+
+async def test_a_process_whose_scheduler_loop_died_exits_non_zero(
+    settings: BrokerSettings,
+    broker: Broker,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    worker_settings = WorkerSettings(state_dir=tmp_path / "state")
+    scheduler = build_scheduler(worker_settings)
+    users = ServicePart(build("users", worker_settings), settings)
+    for name in ("users", scheduler.name):
+        broker.track(name)
+    running = asyncio.create_task(
+        run_parts([users, SchedulerPart(scheduler, settings)])
+    )
+    await eventually(
+        lambda: len(scheduler.essential_tasks) == 2 and users.worker is not None,
+        what="every part to start",
+    )
+
+    ticks = scheduler.essential_tasks[-1]
+    ticks.cancel()
+    async with asyncio.timeout(30):
+        code = await running
+
+    assert code == 1
+    assert any(
+        r.levelno == logging.ERROR and "scheduler:ticks ended on its own" in r.message
+        for r in caplog.records
+    )
+    assert users.worker is not None and not users.worker.essential_tasks

@@ -9,6 +9,8 @@ as the scheduler's own service principal with the ``maintenance`` role.
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,9 +25,9 @@ from contracts import (
     PlanScheduleRefresh,
     PlanView,
 )
-from messaging.errors import Forbidden, RemoteError
+from messaging.errors import Forbidden, IdentityError, RemoteError
 from workers.context import ServiceContext
-from workers.errors import NotFound
+from workers.errors import NotFound, ScheduleError
 from workers.schedule import SKIP, Cron, Every, catch_up
 from workers.scheduler import Job, Scheduler, SchedulerStore
 
@@ -40,6 +42,8 @@ CREATE TABLE IF NOT EXISTS standing_refresh (
     PRIMARY KEY (subject, plan_id)
 );
 """
+
+logger = logging.getLogger(__name__)
 
 PRUNE_AT = "17 3 * * *"
 PRUNE_AFTER_DAYS = 90
@@ -87,19 +91,20 @@ def add_planning_jobs(
     # longer has; until then each tick of it is dead-lettered by core as NotFound.
     async def standing_jobs() -> list[Job]:
         rows = await store.query("SELECT * FROM standing_refresh ORDER BY rowid")
-        return [
-            Job(
-                name=f"refresh/{row['subject']}/{row['plan_id']}",
-                schedule=Every(timedelta(minutes=row["every_minutes"])),
-                principal=scheduler.for_user(
-                    row["subject"], json.loads(row["roles"]), row["tenant"]
-                ),
-                contract=PLAN_REFRESH,
-                payload=PlanRefresh(plan_id=row["plan_id"]),
-                missed=SKIP,
-            )
-            for row in rows
-        ]
+        jobs: list[Job] = []
+        for row in rows:
+            try:
+                jobs.append(_standing_job(scheduler, row))
+            except (ValueError, TypeError, IdentityError, ScheduleError) as exc:
+                # A row no job can be built from (edited by hand, written by an
+                # older version) must not hold back every other user's refresh.
+                logger.error(
+                    "skipped the standing refresh of %r for %r: %s",
+                    row["plan_id"],
+                    row["subject"],
+                    exc,
+                )
+        return jobs
 
     scheduler.add_source(standing_jobs)
     scheduler.add(
@@ -111,6 +116,19 @@ def add_planning_jobs(
             payload=PlanPrune(older_than_days=PRUNE_AFTER_DAYS),
             missed=catch_up(1),
         )
+    )
+
+
+def _standing_job(scheduler: Scheduler, row: sqlite3.Row) -> Job:
+    return Job(
+        name=f"refresh/{row['subject']}/{row['plan_id']}",
+        schedule=Every(timedelta(minutes=row["every_minutes"])),
+        principal=scheduler.for_user(
+            row["subject"], json.loads(row["roles"]), row["tenant"]
+        ),
+        contract=PLAN_REFRESH,
+        payload=PlanRefresh(plan_id=row["plan_id"]),
+        missed=SKIP,
     )
 
 
