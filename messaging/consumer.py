@@ -43,6 +43,7 @@ from messaging.errors import (
     MessageRejected,
     PublishError,
     Reject,
+    RemoteError,
     Retry,
     SchemaError,
     UnknownMessageType,
@@ -461,7 +462,7 @@ class Consumer:
     ) -> None:
         headers: dict[str, Any] = {}
         if error is not None:
-            headers[h.ERROR_TYPE] = type(error).__name__
+            headers[h.ERROR_TYPE] = _error_type(error)
             body: bytes = _error_body(error)
         elif result is None:
             body = b"null"
@@ -546,7 +547,14 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _error_type(exc: BaseException) -> str:
+    # A callee's error travels up a chain of requests under its own name, so
+    # the first caller (the edge) answers as if it had asked the callee itself.
+    if isinstance(exc, RemoteError):
+        return exc.error_type
+    return type(exc).__name__
+
+
 def _error_body(exc: BaseException) -> bytes:
-    return json.dumps(
-        {"error": type(exc).__name__, "message": str(exc)[:1000]}
-    ).encode()
+    message = exc.message if isinstance(exc, RemoteError) else str(exc)
+    return json.dumps({"error": _error_type(exc), "message": message[:1000]}).encode()

@@ -27,10 +27,19 @@ BatonError
 │   └── BrokerUnavailable         no connection to the broker
 ├── RequestError                  a request/reply exchange failed
 │   ├── RequestTimeout            no reply within the deadline
-│   └── RemoteError               the callee answered with an error
+│   └── RemoteError               the callee answered with an error (error_type)
+│       ├── RemoteRefusal         it refused who the work is for (a MessageRejected)
+│       ├── RemoteRejection       it refused the request for good (a Reject)
+│       │   └── RemoteNotFound    what the request names does not exist
+│       └── RemoteFailure         it failed while handling the request: retry
 └── HandlerOutcome                raised by handlers to choose what happens next
     ├── Retry                     try again later (optionally after a given delay)
     └── Reject                    permanent failure: dead-letter now, no retries
+
+A handler that lets a RemoteError propagate gets the outcome its kind says: a
+refusal is quarantined like the caller's own trust failure, a rejection is
+dead-lettered at once, a failure is retried. ``messaging/rpc.py`` decides the
+kind from the reply's ``baton-error-type``.
 """
 
 from __future__ import annotations
@@ -188,10 +197,12 @@ class RequestTimeout(RequestError):
 class RemoteError(RequestError):
     """The callee handled the request and answered with an error."""
 
-    def __init__(self, error_type: str, message: str) -> None:
-        super().__init__(f"{error_type}: {message}")
+    def __init__(self, error_type: str, message: str, request_type: str = "") -> None:
+        asked = f"{request_type} answered " if request_type else ""
+        super().__init__(f"{asked}{error_type}: {message}")
         self.error_type = error_type
         self.message = message
+        self.request_type = request_type
 
 
 class HandlerOutcome(BatonError):
@@ -213,3 +224,35 @@ class Reject(HandlerOutcome):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class RemoteRefusal(RemoteError, MessageRejected):
+    """The callee refused the principal or its chain; the caller's delivery too.
+
+    The request carried the caller's own principal, one hop longer: a user who
+    may not read that profile, or a chain past the depth limit, is refused for
+    the caller's delivery as well. Retrying would ask again for the same thing,
+    so the caller quarantines its delivery, under the callee's code.
+    """
+
+    def __init__(self, error_type: str, message: str, request_type: str = "") -> None:
+        super().__init__(error_type, message, request_type)
+        self.code = error_type
+
+
+class RemoteRejection(RemoteError, Reject):
+    """The callee refused the request as it was sent, for good.
+
+    A payload it cannot read, a sender it does not trust, a handler it lacks:
+    the caller's delivery is not at fault, the caller's code or deployment is.
+    Asking again gets the same answer, so the caller dead-letters its delivery
+    at once, to be replayed after the fix.
+    """
+
+
+class RemoteNotFound(RemoteRejection):
+    """What the request names does not exist, or not for this principal."""
+
+
+class RemoteFailure(RemoteError):
+    """The callee failed while handling the request; asking again may succeed."""

@@ -330,7 +330,25 @@ async def test_a_standing_refresh_of_another_users_plan_is_refused(
         broker.topology.quarantine_queue("scheduler"), expect=1
     )
     assert parked.headers[h.FAILURE_CODE] == "Forbidden"
-    assert "'alice' may not schedule" in str(parked.headers[h.FAILURE_REASON])
+    reason = str(parked.headers[h.FAILURE_REASON])
+    assert "plan.get answered Forbidden" in reason and "'alice' does not own" in reason
     [asked] = await broker.drain(broker.topology.quarantine_queue("core"), expect=1)
     assert asked.type == "plan.get"
+    assert await broker.depth(broker.topology.quarantine_queue("core")) == 0
+    assert await _standing(scheduler) == []
+
+
+async def test_a_standing_refresh_of_a_missing_plan_is_dead_lettered_at_once(
+    system: System, sender: Sender, scheduler: Scheduler, broker: Broker
+) -> None:
+    await sender.command(
+        PLAN_SCHEDULE_REFRESH,
+        PlanScheduleRefresh(plan_id="no-such-plan", every_minutes=5),
+        ALICE,
+    )
+
+    [dead] = await broker.drain(broker.topology.dead_queue("scheduler"), expect=1)
+    assert dead.headers[h.FAILURE_CODE] == "RemoteNotFound"
+    assert h.ATTEMPT not in dead.headers
+    assert "no plan 'no-such-plan'" in str(dead.headers[h.FAILURE_REASON])
     assert await _standing(scheduler) == []

@@ -25,9 +25,9 @@ from contracts import (
     PlanScheduleRefresh,
     PlanView,
 )
-from messaging.errors import Forbidden, IdentityError, RemoteError
+from messaging.errors import IdentityError
 from workers.context import ServiceContext
-from workers.errors import NotFound, ScheduleError
+from workers.errors import ScheduleError
 from workers.schedule import SKIP, Cron, Every, catch_up
 from workers.scheduler import Job, Scheduler, SchedulerStore
 
@@ -133,17 +133,9 @@ def _standing_job(scheduler: Scheduler, row: sqlite3.Row) -> Job:
 
 
 async def _check_plan(ctx: ServiceContext, plan_id: str) -> None:
-    """Refuse a standing refresh of a plan the user cannot read (core decides)."""
-    try:
-        await ctx.request(PLAN_GET, PlanGet(plan_id=plan_id), PlanView)
-    except RemoteError as exc:
-        if exc.error_type == "Forbidden":
-            raise Forbidden(
-                f"{ctx.principal.subject!r} may not schedule refreshes of plan "
-                f"{plan_id!r}: {exc.message}"
-            ) from None
-        if exc.error_type == "NotFound":
-            raise NotFound(
-                f"cannot schedule refreshes of plan {plan_id!r}: {exc.message}"
-            ) from None
-        raise
+    """Refuse a standing refresh of a plan the user cannot read: core decides.
+
+    Core's answer comes back typed: its Forbidden quarantines this command as
+    well (the same user asked), its NotFound dead-letters it.
+    """
+    await ctx.request(PLAN_GET, PlanGet(plan_id=plan_id), PlanView)
