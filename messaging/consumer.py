@@ -230,6 +230,7 @@ class Consumer:
             topology=self.topology,
             requester=self.requester,
             request_timeout=self.settings.request_timeout,
+            max_publishes=self.settings.max_publishes_per_delivery,
         )
         with (
             message_context(_with_principal(message, self.queue_name, principal)),

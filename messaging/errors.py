@@ -17,7 +17,8 @@ BatonError
 │   ├── UntrustedPublisher        no user_id, or a publisher not declared for the type
 │   ├── InvalidSignature          the signed assertion is missing, forged or moved
 │   ├── ReplayedMessage           a message id admitted before arrives again
-│   └── UnprovenPrincipal         a service speaks for a user no introducer vouched for
+│   ├── UnprovenPrincipal         a service speaks for a user no introducer vouched for
+│   └── TooManyPublishes          one delivery published more than the cap allows
 ├── TrustConfigError              trust settings or broker rights are unsafe: no start
 │   └── SigningConfigError        a signing key or key ring cannot be used
 ├── PublishError                  the broker did not take a message
@@ -143,6 +144,12 @@ class UnprovenPrincipal(MessageRejected):
     """The principal is not vouched for by a service allowed to introduce it."""
 
     code = "UnprovenPrincipal"
+
+
+class TooManyPublishes(MessageRejected):
+    """Handling one delivery published more messages than the per-delivery cap."""
+
+    code = "TooManyPublishes"
 
 
 class TrustConfigError(BatonError):

@@ -142,9 +142,7 @@ class Requester:
 # What a callee's error type means for the caller (messaging/errors.py). The
 # names are the codes of the callee's refusals and the class names of its
 # handler's errors, as the consumer writes them into baton-error-type.
-REFUSALS: Final = frozenset(
-    {"Forbidden", "IdentityChanged", "ChainTooDeep", "UnprovenPrincipal"}
-)
+REFUSALS: Final = frozenset({"Forbidden", "ChainTooDeep", "UnprovenPrincipal"})
 REJECTIONS: Final = frozenset(
     {
         "MessageRejected",
@@ -154,8 +152,10 @@ REJECTIONS: Final = frozenset(
         "InvalidSignature",
         "ReplayedMessage",
         "TooManyPublishes",
+        "IdentityChanged",
         "Reject",
         "UndeclaredMessage",
+        "PublishKeyReused",
         "InvalidReply",
     }
 )

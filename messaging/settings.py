@@ -27,6 +27,9 @@ class BrokerSettings(BaseSettings):
     delivery_limit: int = Field(default=10, ge=1)
     max_body_bytes: int = Field(default=256 * 1024, ge=1)
     max_chain_depth: int = Field(default=8, ge=1, le=16)
+    # Depth bounds a loop; this bounds the width of a fan-out: the events,
+    # commands and requests one delivery may publish before it is quarantined.
+    max_publishes_per_delivery: int = Field(default=100, ge=1, le=100_000)
     stop_timeout: float = Field(default=30.0, gt=0)
     request_timeout: float = Field(default=10.0, gt=0)
     # Quorum queues need RabbitMQ 3.8 or newer; classic queues have no delivery
