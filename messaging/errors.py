@@ -205,8 +205,7 @@ class RemoteError(RequestError):
     """The callee handled the request and answered with an error."""
 
     def __init__(self, error_type: str, message: str, request_type: str = "") -> None:
-        asked = f"{request_type} answered " if request_type else ""
-        super().__init__(f"{asked}{error_type}: {message}")
+        super().__init__(f"{error_type}: {message}")
         self.error_type = error_type
         self.message = message
         self.request_type = request_type

@@ -372,7 +372,7 @@ async def test_a_callee_refusal_is_quarantined_at_the_caller_and_asked_once(
 
     assert parked.headers[h.FAILURE_CODE] == "Forbidden"
     reason = str(parked.headers[h.FAILURE_REASON])
-    assert "t.ask answered Forbidden: 'alice' may not ask for secrets" in reason
+    assert reason == "Forbidden: 'alice' may not ask for secrets"
     assert calls == [0]
     [asked] = await _quarantined(broker, "oracle")
     assert asked.type == ASK.name
