@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 
 from contracts import (
+    PLAN_CANCEL_REFRESH,
     PLAN_CHANGED,
     PLAN_CREATE,
     PLAN_GET,
@@ -22,6 +23,7 @@ from contracts import (
     PLAN_SCHEDULE_REFRESH,
     PROFILE_GET,
     PROFILE_UPDATE_INTENT,
+    PlanCancelRefresh,
     PlanChanged,
     PlanCreate,
     PlanGet,
@@ -139,13 +141,7 @@ async def test_a_plan_created_at_the_edge_keeps_the_user_at_every_hop(
 async def test_a_standing_refresh_runs_for_the_user_through_core_and_users(
     system: System, sender: Sender, scheduler: Scheduler
 ) -> None:
-    plan_id = await _create_plan(sender, system)
-    await sender.command(
-        PLAN_SCHEDULE_REFRESH,
-        PlanScheduleRefresh(plan_id=plan_id, every_minutes=5),
-        ALICE,
-    )
-    await eventually(lambda: _standing(scheduler), what="the standing job")
+    plan_id = await _standing_refresh(sender, system, scheduler)
     assert len(await _standing(scheduler)) == 1
 
     fired = await scheduler.fire_due(NOON + timedelta(seconds=3))
@@ -160,6 +156,20 @@ async def test_a_standing_refresh_runs_for_the_user_through_core_and_users(
     assert refreshed.actors == ("scheduler", "core")
     plan = await system.plans.plan(plan_id)
     assert plan is not None and plan.intent == "run a marathon"
+
+
+async def _standing_refresh(
+    sender: Sender, system: System, scheduler: Scheduler
+) -> str:
+    """Alice's new plan, with a standing refresh the scheduler holds."""
+    plan_id = await _create_plan(sender, system)
+    await sender.command(
+        PLAN_SCHEDULE_REFRESH,
+        PlanScheduleRefresh(plan_id=plan_id, every_minutes=5),
+        ALICE,
+    )
+    await eventually(lambda: _standing(scheduler), what="the standing job")
+    return plan_id
 
 
 async def _standing(scheduler: Scheduler) -> list[str]:
@@ -331,7 +341,7 @@ async def test_a_standing_refresh_of_another_users_plan_is_refused(
     )
     assert parked.headers[h.FAILURE_CODE] == "Forbidden"
     reason = str(parked.headers[h.FAILURE_REASON])
-    assert "plan.get answered Forbidden" in reason and "'alice' does not own" in reason
+    assert reason.startswith("Forbidden: 'alice' does not own plan")
     [asked] = await broker.drain(broker.topology.quarantine_queue("core"), expect=1)
     assert asked.type == "plan.get"
     assert await broker.depth(broker.topology.quarantine_queue("core")) == 0
@@ -352,3 +362,52 @@ async def test_a_standing_refresh_of_a_missing_plan_is_dead_lettered_at_once(
     assert h.ATTEMPT not in dead.headers
     assert "no plan 'no-such-plan'" in str(dead.headers[h.FAILURE_REASON])
     assert await _standing(scheduler) == []
+
+
+async def test_a_user_cancels_their_standing_refresh_and_it_stops_firing(
+    system: System, sender: Sender, scheduler: Scheduler
+) -> None:
+    plan_id = await _standing_refresh(sender, system, scheduler)
+
+    await sender.command(
+        PLAN_CANCEL_REFRESH, PlanCancelRefresh(plan_id=plan_id), user("alice")
+    )
+
+    await eventually(lambda: _no_standing(scheduler), what="the cancellation")
+    fired = await scheduler.fire_due(NOON + timedelta(seconds=3))
+    assert f"refresh/alice/{plan_id}" not in [f.job for f in fired]
+
+
+async def _no_standing(scheduler: Scheduler) -> bool:
+    return await _standing(scheduler) == []
+
+
+async def test_another_user_cannot_cancel_a_standing_refresh(
+    system: System, sender: Sender, scheduler: Scheduler, broker: Broker
+) -> None:
+    plan_id = await _standing_refresh(sender, system, scheduler)
+
+    await sender.command(
+        PLAN_CANCEL_REFRESH, PlanCancelRefresh(plan_id=plan_id), user("mallory")
+    )
+
+    [parked] = await broker.drain(
+        broker.topology.quarantine_queue("scheduler"), expect=1
+    )
+    assert parked.headers[h.FAILURE_CODE] == "Forbidden"
+    assert "'mallory' may not cancel" in str(parked.headers[h.FAILURE_REASON])
+    assert await _standing(scheduler) == [f"refresh/alice/{plan_id}"]
+
+
+async def test_cancelling_a_refresh_nobody_set_up_is_dead_lettered_as_not_found(
+    system: System, sender: Sender, scheduler: Scheduler, broker: Broker
+) -> None:
+    await sender.command(
+        PLAN_CANCEL_REFRESH, PlanCancelRefresh(plan_id="never-scheduled"), ALICE
+    )
+
+    [dead] = await broker.drain(broker.topology.dead_queue("scheduler"), expect=1)
+    assert dead.headers[h.FAILURE_CODE] == "NotFound"
+    assert "no standing refresh of plan 'never-scheduled'" in str(
+        dead.headers[h.FAILURE_REASON]
+    )

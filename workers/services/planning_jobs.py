@@ -2,7 +2,8 @@
 
 A user asks for a standing refresh (``plan.schedule_refresh``); the scheduler
 keeps it and, on every tick, sends ``plan.refresh`` on that user's behalf with
-the roles the user held when they asked, never more. Pruning stale plans runs
+the roles the user held when they asked, never more, until that user cancels it
+(``plan.cancel_refresh``; nobody else can). Pruning stale plans runs
 as the scheduler's own service principal with the ``maintenance`` role.
 """
 
@@ -15,19 +16,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from contracts import (
+    PLAN_CANCEL_REFRESH,
     PLAN_GET,
     PLAN_PRUNE,
     PLAN_REFRESH,
     PLAN_SCHEDULE_REFRESH,
+    PlanCancelRefresh,
     PlanGet,
     PlanPrune,
     PlanRefresh,
     PlanScheduleRefresh,
     PlanView,
 )
-from messaging.errors import IdentityError
+from messaging.errors import Forbidden, IdentityError
 from workers.context import ServiceContext
-from workers.errors import ScheduleError
+from workers.errors import NotFound, ScheduleError
 from workers.schedule import SKIP, Cron, Every, catch_up
 from workers.scheduler import Job, Scheduler, SchedulerStore
 
@@ -87,6 +90,19 @@ def add_planning_jobs(
                 ),
             )
 
+    @service.handles(PLAN_CANCEL_REFRESH)
+    async def cancel(ctx: ServiceContext, cmd: PlanCancelRefresh) -> None:
+        subject = ctx.principal.subject
+        async with ctx.once(store) as tx:
+            removed = tx.execute(
+                "DELETE FROM standing_refresh WHERE subject = ? AND plan_id = ?",
+                (subject, cmd.plan_id),
+            ).rowcount
+            if not removed:
+                # Raised inside the transaction, so the refusal is not
+                # recorded as handled and a replay is refused again.
+                raise _not_cancellable(tx, subject, cmd.plan_id)
+
     # TODO(plans can be deleted): drop a standing refresh whose plan core no
     # longer has; until then each tick of it is dead-lettered by core as NotFound.
     async def standing_jobs() -> list[Job]:
@@ -117,6 +133,20 @@ def add_planning_jobs(
             missed=catch_up(1),
         )
     )
+
+
+def _not_cancellable(
+    db: sqlite3.Connection, subject: str, plan_id: str
+) -> Forbidden | NotFound:
+    held = db.execute(
+        "SELECT 1 FROM standing_refresh WHERE plan_id = ?", (plan_id,)
+    ).fetchone()
+    if held:
+        return Forbidden(
+            f"{subject!r} may not cancel the standing refresh of plan {plan_id!r}: "
+            "another user set it up"
+        )
+    return NotFound(f"{subject!r} has no standing refresh of plan {plan_id!r}")
 
 
 def _standing_job(scheduler: Scheduler, row: sqlite3.Row) -> Job:
