@@ -127,6 +127,36 @@ async def eventually(
         await asyncio.sleep(0.05)
 
 
+async def settled(
+    worker: Worker, broker: Broker, *, quiet: float = 1.0, timeout: float = 20.0
+) -> None:
+    """Wait until `worker` handles nothing and its queues stay empty for `quiet` s.
+
+    `quiet` outlasts the tests' whole retry path (0.1 s, then 0.2 s), so a copy
+    on its way from a retry queue back to the service queue shows up in time.
+    """
+    topology = broker.topology
+    queues = [
+        topology.service_queue(worker.name),
+        *(topology.retry_queue(worker.name, d) for d in topology.retry_delays),
+    ]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    calm_since: float | None = None
+    while True:
+        depths = [await broker.depth(queue) for queue in queues]
+        now = loop.time()
+        if worker.consumer.in_flight or any(depths):
+            calm_since = None
+        elif calm_since is None:
+            calm_since = now
+        elif now - calm_since >= quiet:
+            return
+        if now > deadline:
+            pytest.fail(f"{worker.name} did not settle within {timeout}s: {depths}")
+        await asyncio.sleep(0.05)
+
+
 def user(subject: str = "alice", *roles: str) -> Principal:
     """A user whose work entered through the edge."""
     return Principal.user(subject, roles, entered_by="edge")

@@ -39,7 +39,7 @@ from messaging.errors import RemoteError
 from messaging.identity import Principal
 from messaging.settings import BrokerSettings
 from tests.conftest import Broker
-from tests.workers.conftest import Sender, StartWorker, eventually, user
+from tests.workers.conftest import Sender, StartWorker, eventually, settled, user
 from workers.scheduler import Scheduler
 from workers.services.core import PlanStore
 from workers.services.notifications import NotificationStore
@@ -262,7 +262,7 @@ async def test_an_event_announcing_another_users_plan_is_quarantined(
 
 
 async def test_a_duplicated_create_makes_one_plan_and_one_notification(
-    system: System, sender: Sender
+    system: System, sender: Sender, broker: Broker
 ) -> None:
     await sender.command(
         PROFILE_UPDATE_INTENT, ProfileUpdateIntent(intent="swim"), ALICE
@@ -274,12 +274,15 @@ async def test_a_duplicated_create_makes_one_plan_and_one_notification(
     await eventually(
         lambda: system.plans.handled("core", "create-once"), what="the create"
     )
-    await eventually(
-        lambda: system.notifications.for_subject("alice"), what="the notification"
-    )
+    await settled(system.workers["core"], broker)
+    await settled(system.workers["notifications"], broker)
+
+    # The copies were skipped as duplicates and acked, not failed on the plan's
+    # primary key and dead-lettered.
+    assert await broker.depth(broker.topology.dead_queue("core")) == 0
+    assert await broker.depth(broker.topology.quarantine_queue("core")) == 0
     rows = await system.plans.query("SELECT plan_id FROM plans")
     assert [row["plan_id"] for row in rows] == ["create-once"]
-    await sender.command(PROFILE_UPDATE_INTENT, ProfileUpdateIntent(intent="x"), ALICE)
     notes = await system.notifications.for_subject("alice")
     assert [(n.plan_id, n.version) for n in notes] == [("create-once", 1)]
 
