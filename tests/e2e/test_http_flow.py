@@ -21,9 +21,10 @@ import jwt
 import pytest
 import pytest_asyncio
 
+from messaging.identity import Origin
 from messaging.settings import BrokerSettings
 from tests.conftest import Broker
-from tests.workers.conftest import eventually
+from tests.workers.conftest import Tap, eventually
 from tests.workers.processes import (
     Process,
     baton_env,
@@ -83,9 +84,10 @@ async def system(
 
 
 async def test_a_plan_created_over_http_reaches_the_notification_with_the_chain(
-    system: tuple[Process, str], tmp_path: Path
+    system: tuple[Process, str], tmp_path: Path, broker: Broker
 ) -> None:
     process, base = system
+    asked = await Tap.on(broker, broker.topology.commands, "profile.get")
     alice = {"Authorization": f"Bearer {_token('alice', 'planner')}"}
     bob = {"Authorization": f"Bearer {_token('bob', 'planner')}"}
 
@@ -125,6 +127,9 @@ async def test_a_plan_created_over_http_reaches_the_notification_with_the_chain(
     assert _notifications(notifications, "alice") == [
         (plan_id, "created", "edge > core")
     ]
+    [at_users] = await asked.principals()
+    assert (at_users.subject, at_users.actors) == ("alice", ("edge", "core"))
+    assert at_users.origin is Origin.REQUEST
     assert someone_else.status_code == 403
     assert "edge: http://127.0.0.1" in "".join(process.lines)
 
@@ -138,3 +143,50 @@ def _notifications(database: Path, subject: str) -> list[tuple[str, str, str]]:
             (subject,),
         ).fetchall()
     return [(str(p), str(c), str(a)) for p, c, a in rows]
+
+
+async def test_a_standing_refresh_is_scheduled_and_cancelled_over_http(
+    system: tuple[Process, str], tmp_path: Path
+) -> None:
+    _, base = system
+    alice = {"Authorization": f"Bearer {_token('alice', 'planner')}"}
+    bob = {"Authorization": f"Bearer {_token('bob')}"}
+    standing = tmp_path / "state" / "scheduler.sqlite3"
+
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        created = await http.post(
+            "/v1/commands/plan.create",
+            json={"goal": "5k", "horizon_days": 10},
+            headers=alice,
+        )
+        plan_id = created.json()["command_id"]
+        notifications = tmp_path / "state" / "notifications.sqlite3"
+        await eventually(
+            lambda: _notifications(notifications, "alice"), what="the plan"
+        )
+        scheduled = await http.post(
+            "/v1/commands/plan.schedule_refresh",
+            json={"plan_id": plan_id, "every_minutes": 60},
+            headers=alice,
+        )
+        await eventually(lambda: _standing(standing), what="the standing refresh")
+        not_hers = await http.post(
+            "/v1/commands/plan.cancel_refresh", json={"plan_id": plan_id}, headers=bob
+        )
+        cancelled = await http.post(
+            "/v1/commands/plan.cancel_refresh",
+            json={"plan_id": plan_id},
+            headers=alice,
+        )
+        await eventually(lambda: not _standing(standing), what="the cancellation")
+
+    assert (scheduled.status_code, not_hers.status_code) == (202, 202)
+    assert cancelled.status_code == 202
+
+
+def _standing(database: Path) -> list[tuple[str, str]]:
+    if not database.exists():
+        return []
+    with sqlite3.connect(database) as db:
+        rows = db.execute("SELECT subject, plan_id FROM standing_refresh").fetchall()
+    return [(str(subject), str(plan)) for subject, plan in rows]

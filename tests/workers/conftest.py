@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -13,7 +14,7 @@ from pydantic import BaseModel
 
 from contracts import Contract
 from messaging.connection import Link
-from messaging.identity import Principal
+from messaging.identity import Principal, decode_principal
 from messaging.publisher import Publisher
 from messaging.rpc import Requester
 from messaging.settings import BrokerSettings
@@ -125,6 +126,32 @@ async def eventually(
         if loop.time() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+class Tap:
+    """A queue of the test's own, bound where services publish: what went by."""
+
+    def __init__(self, broker: Broker, queue: str) -> None:
+        self.broker = broker
+        self.queue = queue
+
+    @classmethod
+    async def on(cls, broker: Broker, exchange: str, routing_key: str) -> Tap:
+        name = f"{broker.topology.prefix}.tap.{secrets.token_hex(4)}"
+        broker.extra_queues.add(name)
+        channel = await broker.connection.channel()
+        try:
+            queue = await channel.declare_queue(name)
+            await queue.bind(exchange, routing_key)
+        finally:
+            await channel.close()
+        return cls(broker, name)
+
+    async def principals(self, expect: int = 1) -> list[Principal]:
+        """The principals of the next `expect` messages, as a receiver decodes them."""
+        taken = await self.broker.drain(self.queue, expect=expect)
+        assert len(taken) == expect, f"{len(taken)} messages went by, not {expect}"
+        return [decode_principal(message.headers) for message in taken]
 
 
 async def settled(

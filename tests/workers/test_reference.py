@@ -36,10 +36,17 @@ from contracts import (
 )
 from messaging import headers as h
 from messaging.errors import RemoteError
-from messaging.identity import Principal
+from messaging.identity import Origin, Principal
 from messaging.settings import BrokerSettings
 from tests.conftest import Broker
-from tests.workers.conftest import Sender, StartWorker, eventually, settled, user
+from tests.workers.conftest import (
+    Sender,
+    StartWorker,
+    Tap,
+    eventually,
+    settled,
+    user,
+)
 from workers.scheduler import Scheduler
 from workers.services.core import PlanStore
 from workers.services.notifications import NotificationStore
@@ -124,9 +131,16 @@ async def _create_plan(sender: Sender, system: System, who: Principal = ALICE) -
 
 
 async def test_a_plan_created_at_the_edge_keeps_the_user_at_every_hop(
-    system: System, sender: Sender
+    system: System, sender: Sender, broker: Broker
 ) -> None:
+    asked = await Tap.on(broker, broker.topology.commands, PROFILE_GET.name)
+
     plan_id = await _create_plan(sender, system)
+
+    [at_users] = await asked.principals()
+    assert (at_users.subject, at_users.roles) == ("alice", frozenset({"planner"}))
+    assert at_users.actors == ("edge", "core")
+    assert at_users.origin is Origin.REQUEST and at_users.internal
 
     plan = await system.plans.plan(plan_id)
     assert plan is not None
@@ -139,10 +153,12 @@ async def test_a_plan_created_at_the_edge_keeps_the_user_at_every_hop(
 
 
 async def test_a_standing_refresh_runs_for_the_user_through_core_and_users(
-    system: System, sender: Sender, scheduler: Scheduler
+    system: System, sender: Sender, scheduler: Scheduler, broker: Broker
 ) -> None:
     plan_id = await _standing_refresh(sender, system, scheduler)
     assert len(await _standing(scheduler)) == 1
+
+    asked = await Tap.on(broker, broker.topology.commands, PROFILE_GET.name)
 
     fired = await scheduler.fire_due(NOON + timedelta(seconds=3))
 
@@ -151,6 +167,9 @@ async def test_a_standing_refresh_runs_for_the_user_through_core_and_users(
         lambda: _notified(system, "alice", 2),
         what="the refresh's notification",
     )
+    [at_users] = await asked.principals()
+    assert at_users.actors == ("scheduler", "core")
+    assert (at_users.subject, at_users.origin) == ("alice", Origin.REQUEST)
     refreshed = (await system.notifications.for_subject("alice"))[1]
     assert (refreshed.change, refreshed.version) == ("refreshed", 2)
     assert refreshed.actors == ("scheduler", "core")

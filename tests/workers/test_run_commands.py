@@ -14,10 +14,20 @@ import pytest
 import pytest_asyncio
 
 from baton.run_commands import SchedulerPart, ServicePart, run_parts
-from contracts import PROFILE_UPDATE_INTENT, ProfileUpdateIntent
+from contracts import (
+    PLAN_CREATE,
+    PLAN_REFRESH,
+    PLAN_SCHEDULE_REFRESH,
+    PROFILE_GET,
+    PROFILE_UPDATE_INTENT,
+    PlanCreate,
+    PlanScheduleRefresh,
+    ProfileUpdateIntent,
+)
+from messaging.identity import Origin, PrincipalKind
 from messaging.settings import BrokerSettings
 from tests.conftest import Broker
-from tests.workers.conftest import Sender, eventually, user
+from tests.workers.conftest import Sender, StartWorker, Tap, eventually, user
 from tests.workers.processes import (
     Process,
     baton_env,
@@ -26,8 +36,9 @@ from tests.workers.processes import (
     leftovers,
     spawn_baton,
 )
+from workers.services.notifications import Notification, NotificationStore
 from workers.settings import WorkerSettings
-from workers.system import SERVICES, build, build_scheduler
+from workers.system import SERVICES, Part, build, build_scheduler
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
 
@@ -227,3 +238,67 @@ async def test_a_process_whose_scheduler_loop_died_exits_non_zero(
         for r in caplog.records
     )
     assert users.worker is not None and not users.worker.essential_tasks
+
+
+@pytest_asyncio.fixture
+async def reference(run: StartWorker, tmp_path: Path) -> AsyncIterator[dict[str, Part]]:
+    """users, core and notifications in this process, over their own state."""
+    worker_settings = WorkerSettings(state_dir=tmp_path / "services")
+    parts = {name: build(name, worker_settings) for name in SERVICES}
+    try:
+        for part in parts.values():
+            await run(part.service)
+        yield parts
+    finally:
+        for part in parts.values():
+            part.close()
+
+
+async def test_a_scheduler_process_fires_a_standing_refresh_that_core_handles(
+    baton, reference: dict[str, Part], sender: Sender, broker: Broker
+) -> None:
+    scheduler = await baton("scheduler", BATON_SCHEDULER_POLL="0.5")
+    await scheduler.wait_for_line("baton: running")
+    alice = user("alice", "planner")
+    await sender.command(
+        PROFILE_UPDATE_INTENT, ProfileUpdateIntent(intent="a triathlon"), alice
+    )
+    plan_id = await sender.command(
+        PLAN_CREATE, PlanCreate(goal="sprint", horizon_days=20), alice
+    )
+    notes = reference["notifications"].store
+    assert isinstance(notes, NotificationStore)
+    await eventually(lambda: notes.for_subject("alice"), what="the plan")
+    fired = await Tap.on(broker, broker.topology.commands, PLAN_REFRESH.name)
+    asked = await Tap.on(broker, broker.topology.commands, PROFILE_GET.name)
+
+    await sender.command(
+        PLAN_SCHEDULE_REFRESH,
+        PlanScheduleRefresh(plan_id=plan_id, every_minutes=1),
+        alice,
+    )
+
+    await eventually(
+        lambda: _changes(notes, "alice", "refreshed"),
+        timeout=30,
+        what="the scheduled refresh's notification",
+    )
+    [tick] = await fired.principals()
+    assert (tick.subject, tick.kind, tick.roles) == (
+        "alice",
+        PrincipalKind.USER,
+        frozenset({"planner"}),
+    )
+    assert (tick.actors, tick.origin) == (("scheduler",), Origin.SCHEDULE)
+    assert tick.internal
+    [at_users] = await asked.principals()
+    assert at_users.actors == ("scheduler", "core")
+    [note] = await _changes(notes, "alice", "refreshed")
+    assert (note.plan_id, note.actors) == (plan_id, ("scheduler", "core"))
+    assert await scheduler.stop() == 0
+
+
+async def _changes(
+    store: NotificationStore, subject: str, change: str
+) -> list[Notification]:
+    return [n for n in await store.for_subject(subject) if n.change == change]

@@ -21,7 +21,7 @@ from messaging.errors import (
 from messaging.identity import MAX_ACTORS, Origin, Principal, PrincipalKind
 from messaging.topology import Route
 from tests.conftest import Broker
-from tests.workers.conftest import Sender, StartWorker, eventually, user
+from tests.workers.conftest import Sender, StartWorker, Tap, eventually, user
 from workers.context import ServiceContext
 from workers.errors import NotFound, UndeclaredMessage
 from workers.service import Service
@@ -496,7 +496,7 @@ async def test_each_reply_goes_only_to_its_own_caller(
 
 
 async def test_an_undeclared_request_raises_before_anything_is_sent(
-    run: StartWorker, sender: Sender
+    run: StartWorker, sender: Sender, broker: Broker
 ) -> None:
     outcomes: list[object] = []
     alpha = Service("alpha")
@@ -509,10 +509,16 @@ async def test_an_undeclared_request_raises_before_anything_is_sent(
             outcomes.append(exc)
 
     await run(alpha)
+    tap = await Tap.on(broker, broker.topology.commands, ASK.name)
     await sender.command(PING, Note(text="hi"), user("alice", "planner"))
 
     await eventually(lambda: outcomes, what="the refusal")
     assert "requests()" in str(outcomes[0])
+    # Anything alpha had sent would sit in the tap before this marker.
+    await sender.command(ASK, Note(text="marker"), user("marker"))
+    [first] = await tap.principals()
+    assert first.subject == "marker"
+    assert await broker.depth(tap.queue) == 0
 
 
 async def _quarantined(broker: Broker, service: str) -> list[Any]:
