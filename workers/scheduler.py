@@ -10,6 +10,11 @@ send the same id, and the receiving service's inbox keeps one side effect. The
 last fired tick of every job is kept in SQLite; ticks missed while no scheduler
 ran follow the job's :class:`~workers.schedule.Missed` policy. Time comes from an
 injectable :class:`Clock`, so tests fire ticks without waiting for them.
+
+Jobs declared in code are the same on every replica. Jobs from a source, such
+as users' standing refreshes, are only where the source reads them: replicas
+must share the scheduler's SQLite file (one ``BATON_STATE_DIR``, on one host).
+TODO(a server database behind SchedulerStore): replicas on several hosts.
 """
 
 from __future__ import annotations

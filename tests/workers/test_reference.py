@@ -7,6 +7,7 @@ every hop and the notification records the chain of services that acted.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -433,3 +434,33 @@ async def test_cancelling_a_refresh_nobody_set_up_is_dead_lettered_as_not_found(
     assert "no standing refresh of plan 'never-scheduled'" in str(
         dead.headers[h.FAILURE_REASON]
     )
+
+
+async def test_scheduler_replicas_sharing_a_state_dir_refresh_once_per_tick(
+    system: System,
+    sender: Sender,
+    scheduler: Scheduler,
+    run: StartWorker,
+    broker: Broker,
+    worker_settings: WorkerSettings,
+) -> None:
+    replica = build_scheduler(worker_settings)
+    try:
+        worker = await run(replica.service)
+        replica.bind(worker.consumer.publisher, worker.consumer.topology)
+        plan_id = await _standing_refresh(sender, system, scheduler)
+
+        # Whichever replica took the registration, both read the same database.
+        assert await _standing(replica) == [f"refresh/alice/{plan_id}"]
+        tick = NOON + timedelta(seconds=3)
+        fired = await asyncio.gather(scheduler.fire_due(tick), replica.fire_due(tick))
+        await eventually(lambda: _notified(system, "alice", 2), what="the refresh")
+        await settled(system.workers["core"], broker)
+    finally:
+        replica.store.close()
+
+    job = f"refresh/alice/{plan_id}"
+    assert [[f.job for f in round_] for round_ in fired] == [[job], [job]]
+    assert fired[0][0].message_id == fired[1][0].message_id
+    plan = await system.plans.plan(plan_id)
+    assert plan is not None and plan.version == 2
