@@ -56,6 +56,7 @@ __all__ = [
     "SigningKey",
     "Verifier",
     "carried_origin",
+    "carry",
     "carrying",
     "identity_digest",
 ]
@@ -118,6 +119,11 @@ def carrying(origin: OriginAssertion | None) -> Iterator[None]:
         _carried.reset(token)
 
 
+def carry(origin: OriginAssertion | None) -> None:
+    """Like :func:`carrying`, for the rest of the current task (see the consumer)."""
+    _carried.set(origin)
+
+
 def carried_origin() -> OriginAssertion | None:
     return _carried.get()
 
@@ -139,6 +145,10 @@ class Signer:
         self._ttl = ttl
         self._origin_ttl = origin_ttl
         self._clock = clock
+        # An origin says only who the work is for, nothing of one message: the
+        # one minted for a principal serves its next messages too, until half
+        # its lifetime is gone, so that consumers verify it once, not per message.
+        self._minted: dict[tuple[Any, ...], tuple[str, float]] = {}
 
     @property
     def service(self) -> str:
@@ -188,6 +198,17 @@ class Signer:
         )
 
     def _mint_origin(self, principal: Principal, now: float) -> str:
+        vouched = (principal.kind, principal.subject, principal.roles, principal.tenant)
+        minted = self._minted.get(vouched)
+        if minted is not None and minted[1] - now > self._origin_ttl / 2:
+            return minted[0]
+        if len(self._minted) >= MINTED_CACHE_SIZE:
+            self._minted.clear()
+        token = self._seal_origin(principal, now)
+        self._minted[vouched] = (token, now + self._origin_ttl)
+        return token
+
+    def _seal_origin(self, principal: Principal, now: float) -> str:
         claims: dict[str, Any] = {
             "v": ASSERTION_VERSION,
             "iss": self.service,
@@ -353,6 +374,7 @@ class Verifier:
 
 
 ORIGIN_CACHE_SIZE: Final = 4096
+MINTED_CACHE_SIZE: Final = 4096
 
 
 def identity_digest(principal: Principal | None) -> str:

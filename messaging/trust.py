@@ -23,10 +23,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage
-
 from messaging import headers as h
 from messaging.declaration import ServiceDeclaration, senders_of
+from messaging.delivery import Delivery
 from messaging.errors import TrustConfigError, UntrustedPublisher
 from messaging.handlers import HandlerSpec
 from messaging.identity import SERVICE_PATTERN, Principal
@@ -112,7 +111,7 @@ class TrustPolicy:
 
     def admit(
         self,
-        message: AbstractIncomingMessage,
+        message: Delivery,
         spec: HandlerSpec[Any],
         principal: Principal,
     ) -> OriginAssertion | None:
@@ -137,9 +136,7 @@ class TrustPolicy:
             first_delivery=provenance.first_delivery,
         )
 
-    def provenance(
-        self, message: AbstractIncomingMessage, spec: HandlerSpec[Any]
-    ) -> Provenance:
+    def provenance(self, message: Delivery, spec: HandlerSpec[Any]) -> Provenance:
         account = message.user_id
         if not account:
             raise UntrustedPublisher("the message has no user_id")
