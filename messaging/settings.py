@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
+from typing import Final
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from messaging.topology import Topology
+
+# Each delay is a queue per service, and the broker counts TTLs in whole
+# milliseconds; a day is longer than any retry that is still worth making.
+MAX_RETRIES: Final = 20
+MIN_RETRY_DELAY: Final = 0.001
+MAX_RETRY_DELAY: Final = 24 * 3600.0
 
 
 class BrokerSettings(BaseSettings):
@@ -44,6 +52,32 @@ class BrokerSettings(BaseSettings):
     origin_ttl: float = Field(default=3600.0, gt=0)
     # The management API, for `baton provision` and the startup self-check.
     management_url: SecretStr | None = None
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _growing_delays(cls, delays: tuple[float, ...]) -> tuple[float, ...]:
+        shown = f"retry_delays {list(delays)}"
+        if not delays:
+            raise ValueError(
+                f"{shown} is empty: give at least one delay in seconds, such as "
+                "[1, 5, 30]; a failed handler is dead-lettered once they run out"
+            )
+        if len(delays) > MAX_RETRIES:
+            raise ValueError(f"{shown} has {len(delays)} delays, over {MAX_RETRIES}")
+        for delay in delays:
+            # Written so that NaN fails it too.
+            if not MIN_RETRY_DELAY <= delay <= MAX_RETRY_DELAY:
+                raise ValueError(
+                    f"{shown}: {delay} is outside {MIN_RETRY_DELAY} to "
+                    f"{MAX_RETRY_DELAY:.0f} seconds"
+                )
+        for before, after in pairwise(delays):
+            if after < before:
+                raise ValueError(
+                    f"{shown}: {after} comes after {before}; each retry waits at "
+                    "least as long as the one before"
+                )
+        return delays
 
     def topology(self) -> Topology:
         return Topology(

@@ -1,0 +1,49 @@
+"""The broker settings refuse values the topology could not honour, and say why."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from messaging.settings import MAX_RETRIES, BrokerSettings
+
+
+def test_retry_delays_are_read_from_a_json_list(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("BATON_RETRY_DELAYS", "[0.5, 0.5, 2]")
+
+    settings = BrokerSettings()
+
+    assert settings.retry_delays == (0.5, 0.5, 2.0)
+    assert settings.topology().retry_delays == (0.5, 0.5, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("delays", "says"),
+    [
+        ("[]", "is empty"),
+        ("[30, 1]", "1.0 comes after 30.0"),
+        ("[1, 5, 2]", "2.0 comes after 5.0"),
+        ("[-5]", "-5.0 is outside"),
+        ("[0]", "0.0 is outside"),
+        ("[0.0001]", "0.0001 is outside"),
+        ("[1, 172800]", "172800.0 is outside"),
+        ('["NaN"]', "nan is outside"),
+        (f"[{', '.join(['1'] * (MAX_RETRIES + 1))}]", f"over {MAX_RETRIES}"),
+    ],
+)
+def test_retry_delays_that_cannot_grow_into_retries_are_refused_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch, delays: str, says: str
+):
+    monkeypatch.setenv("BATON_RETRY_DELAYS", delays)
+
+    with pytest.raises(ValidationError) as caught:
+        BrokerSettings()
+
+    message = str(caught.value)
+    assert "retry_delays" in message
+    assert says in message
+
+
+def test_retry_delays_given_in_code_are_checked_too():
+    with pytest.raises(ValidationError, match="comes after"):
+        BrokerSettings(retry_delays=(30.0, 1.0))
