@@ -34,7 +34,6 @@ from pydantic import BaseModel
 from messaging import headers as h
 from messaging.connection import CONNECTION_ERRORS, Link
 from messaging.errors import (
-    BrokerTooOld,
     BrokerUnavailable,
     ChainTooDeep,
     HeaderTypeError,
@@ -54,7 +53,7 @@ from messaging.publisher import Publisher
 from messaging.rpc import Requester
 from messaging.settings import BrokerSettings
 from messaging.signing import OriginAssertion, Signer, carrying
-from messaging.topology import Binding, Topology, supports_quorum
+from messaging.topology import Binding, Topology
 from messaging.trust import TrustPolicy
 
 logger = logging.getLogger(__name__)
@@ -141,10 +140,6 @@ class Consumer:
         await self.link.stop()
 
     async def _attach(self, connection: AbstractConnection) -> None:
-        if self.topology.quorum and not supports_quorum(_server_properties(connection)):
-            raise BrokerTooOld(
-                "this broker has no quorum queues: set quorum_queues off"
-            )
         channel = await connection.channel(publisher_confirms=False)
         self.link.watch(channel)
         underlay = await channel.get_underlay_channel()
@@ -497,13 +492,6 @@ class Consumer:
             if delay >= wanted:
                 return delay
         return self.topology.retry_delays[-1]
-
-
-def _server_properties(connection: AbstractConnection) -> dict[str, Any]:
-    underlay = connection.transport
-    if underlay is None:
-        return {}
-    return dict(underlay.connection.server_properties)
 
 
 def _validate(spec: HandlerSpec[Any], body: bytes) -> BaseModel:

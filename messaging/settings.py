@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from itertools import pairwise
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from messaging.topology import Topology
+from messaging.topology import QuorumQueues, Topology
 
 # Each delay is a queue per service, and the broker counts TTLs in whole
 # milliseconds; a day is longer than any retry that is still worth making.
@@ -37,9 +37,9 @@ class BrokerSettings(BaseSettings):
     max_chain_depth: int = Field(default=8, ge=1, le=16)
     stop_timeout: float = Field(default=30.0, gt=0)
     request_timeout: float = Field(default=10.0, gt=0)
-    # Quorum queues need RabbitMQ 3.8 or newer; classic queues have no delivery
-    # limit, so a message that kills the consumer's connection is not bounded.
-    quorum_queues: bool = True
+    # auto: quorum queues where the broker has them (3.8 on), else classic
+    # queues with a warning; classic queues have no delivery limit.
+    quorum_queues: QuorumQueues = QuorumQueues.AUTO
     # Trust (docs/security.md): off for local development, on in the compose
     # deployment. trust_publishers checks user_id against the declarations;
     # require_signatures also checks the signed identity against the key ring.
@@ -52,6 +52,13 @@ class BrokerSettings(BaseSettings):
     origin_ttl: float = Field(default=3600.0, gt=0)
     # The management API, for `baton provision` and the startup self-check.
     management_url: SecretStr | None = None
+
+    @field_validator("quorum_queues", mode="before")
+    @classmethod
+    def _quorum_spelling(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return QuorumQueues.TRUE if value else QuorumQueues.FALSE
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("retry_delays")
     @classmethod

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from messaging.settings import MAX_RETRIES, BrokerSettings
+from messaging.topology import QuorumQueues
 
 
 def test_retry_delays_are_read_from_a_json_list(monkeypatch: pytest.MonkeyPatch):
@@ -47,3 +48,32 @@ def test_retry_delays_that_cannot_grow_into_retries_are_refused_with_the_reason(
 def test_retry_delays_given_in_code_are_checked_too():
     with pytest.raises(ValidationError, match="comes after"):
         BrokerSettings(retry_delays=(30.0, 1.0))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("auto", QuorumQueues.AUTO),
+        ("true", QuorumQueues.TRUE),
+        ("False", QuorumQueues.FALSE),
+    ],
+)
+def test_quorum_queues_is_auto_true_or_false(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: QuorumQueues
+):
+    monkeypatch.setenv("BATON_QUORUM_QUEUES", value)
+
+    settings = BrokerSettings()
+
+    assert settings.quorum_queues is expected
+    assert settings.topology().quorum is expected
+
+
+def test_quorum_queues_default_to_auto_and_refuse_other_words(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    assert BrokerSettings().quorum_queues is QuorumQueues.AUTO
+    monkeypatch.setenv("BATON_QUORUM_QUEUES", "sometimes")
+
+    with pytest.raises(ValidationError, match="'auto', 'true' or 'false'"):
+        BrokerSettings()
