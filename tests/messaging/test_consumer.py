@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
 from pydantic import SecretStr
 
 from messaging import headers as h
@@ -65,28 +67,72 @@ async def test_a_handled_message_is_acked_once(
     assert calls.principals == [alice()]
 
 
-async def test_a_failed_handler_is_retried_then_succeeds(
+async def test_a_failed_handler_is_retried_through_each_delay_queue_then_succeeds(
     broker: Broker, start_consumer: StartConsumer, settings: BrokerSettings
 ) -> None:
+    growing = settings.model_copy(update={"retry_delays": (0.5, 1.5)})
+    topology = growing.topology()
+    service = service_name()
+    broker.extra_queues.update(topology.retry_queue(service, d) for d in (0.5, 1.5))
+    returned = await _tap_returns_from_retry(broker, topology, service)
     calls = Calls()
+    called_at: list[float] = []
 
     async def flaky(context: Context, payload: Say) -> None:
+        called_at.append(asyncio.get_running_loop().time())
         calls.record(context, payload)
-        if context.attempt == 0:
+        if context.attempt < 2:
             raise RuntimeError("database blinked")
 
-    service = service_name()
-    consumer = await start_consumer(service, [spec(flaky)])
+    consumer = await start_consumer(service, [spec(flaky)], settings_=growing)
     message_id = await send(broker)
-    await calls.wait_for(lambda: calls.count(message_id) == 2)
+    await calls.wait_for(lambda: calls.count(message_id) == 3)
     await consumer.stop()
 
-    assert calls.attempts(message_id) == [0, 1]
-    assert await _settled(broker, settings.topology(), service) == {
+    assert calls.attempts(message_id) == [0, 1, 2]
+    # The broker's own record of each trip back: the copy for attempt n left
+    # the retry queue of delay n because its TTL expired there.
+    trips = await broker.drain(returned, expect=2)
+    assert [trip.headers[h.ATTEMPT] for trip in trips] == [1, 2]
+    assert [_last_death(trip) for trip in trips] == [
+        (topology.retry_queue(service, 0.5), "expired"),
+        (topology.retry_queue(service, 1.5), "expired"),
+    ]
+    assert {trip.message_id for trip in trips} == {message_id}
+    # No sooner than each delay (lower bounds only: a loaded machine is slow).
+    waits = [later - earlier for earlier, later in itertools.pairwise(called_at)]
+    assert waits[0] >= 0.5 * 0.9
+    assert waits[1] >= 1.5 * 0.9
+    assert await _settled(broker, topology, service) == {
         "work": 0,
         "dead": 0,
         "quarantine": 0,
     }
+
+
+async def _tap_returns_from_retry(
+    broker: Broker, topology: Topology, service: str
+) -> str:
+    """A queue that gets a copy of every message a retry queue sends back."""
+    name = f"{topology.prefix}.tap.{service}"
+    broker.extra_queues.add(name)
+    channel = await broker.connection.channel()
+    try:
+        await topology.declare_exchanges(channel)
+        tap = await channel.declare_queue(name, durable=True)
+        await tap.bind(topology.redeliver, routing_key=service)
+    finally:
+        await channel.close()
+    return name
+
+
+def _last_death(message: AbstractIncomingMessage) -> tuple[object, object]:
+    """The queue a message was last dead-lettered from, and why (per x-death)."""
+    deaths = message.headers["x-death"]
+    assert isinstance(deaths, list)
+    latest = deaths[0]
+    assert isinstance(latest, dict)
+    return latest["queue"], latest["reason"]
 
 
 async def test_exhausted_retries_dead_letter_the_message_with_the_error(
