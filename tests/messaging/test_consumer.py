@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from typing import Any
 
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
 from pydantic import SecretStr
 
 from messaging import headers as h
@@ -24,6 +24,7 @@ from tests.messaging.conftest import (
     Say,
     StartConsumer,
     alice,
+    last_death,
     send,
     service_name,
     spec,
@@ -94,7 +95,7 @@ async def test_a_failed_handler_is_retried_through_each_delay_queue_then_succeed
     # the retry queue of delay n because its TTL expired there.
     trips = await broker.drain(returned, expect=2)
     assert [trip.headers[h.ATTEMPT] for trip in trips] == [1, 2]
-    assert [_last_death(trip) for trip in trips] == [
+    assert [last_death(trip) for trip in trips] == [
         (topology.retry_queue(service, 0.5), "expired"),
         (topology.retry_queue(service, 1.5), "expired"),
     ]
@@ -124,15 +125,6 @@ async def _tap_returns_from_retry(
     finally:
         await channel.close()
     return name
-
-
-def _last_death(message: AbstractIncomingMessage) -> tuple[object, object]:
-    """The queue a message was last dead-lettered from, and why (per x-death)."""
-    deaths = message.headers["x-death"]
-    assert isinstance(deaths, list)
-    latest = deaths[0]
-    assert isinstance(latest, dict)
-    return latest["queue"], latest["reason"]
 
 
 async def test_exhausted_retries_dead_letter_the_message_with_the_error(
@@ -233,7 +225,7 @@ def _identity(**changes: object) -> dict[str, object]:
 
 
 # Each bad input, as keyword arguments of `send`, and the code it must end with.
-MALFORMED: dict[str, tuple[dict[str, object], str]] = {
+MALFORMED: dict[str, tuple[dict[str, Any], str]] = {
     "invalid json": ({"body": b'{"text": '}, "SchemaError"),
     "wrong content type": ({"content_type": "text/plain"}, "SchemaError"),
     "no content type": ({"content_type": None}, "SchemaError"),
