@@ -249,6 +249,30 @@ def test_other_baton_headers_do_not_affect_identity():
     assert decode_principal(table) == alice()
 
 
+def _nested(depth: int, bottom: object) -> object:
+    value = bottom
+    for level in range(depth):
+        value = [value] if level % 2 else {"next": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [1, 10_000])
+def test_text_that_is_not_utf8_is_found_at_any_depth_of_a_foreign_header(depth: int):
+    # Deeper than Python's recursion limit: the search must not blow the stack.
+    table = {**encode_principal(alice()), "x-trace": _nested(depth, b"\xff")}
+
+    with pytest.raises(HeaderTypeError) as caught:
+        decode_principal(table)
+
+    assert caught.value.header == "x-trace"
+
+
+def test_a_deep_foreign_header_without_such_text_is_ignored():
+    table = {**encode_principal(alice()), "x-trace": _nested(10_000, "ok")}
+
+    assert decode_principal(table) == alice()
+
+
 def test_every_baton_header_is_in_the_namespace_and_none_in_rabbitmqs():
     for key in h.KNOWN_HEADERS:
         assert key.startswith(h.NAMESPACE), key
