@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from pydantic import ValidationError
+from pydantic import AliasChoices, ValidationError
 
 from messaging.settings import MAX_RETRIES, BrokerSettings
 from messaging.topology import QuorumQueues
@@ -77,3 +79,17 @@ def test_quorum_queues_default_to_auto_and_refuse_other_words(
 
     with pytest.raises(ValidationError, match="'auto', 'true' or 'false'"):
         BrokerSettings()
+
+
+def test_every_broker_setting_is_in_the_readme_configuration_table():
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    documented = " ".join(row.split(" | ", 1)[0] for row in rows)
+
+    for name, field in BrokerSettings.model_fields.items():
+        variables = [f"BATON_{name.upper()}"]
+        if isinstance(field.validation_alias, AliasChoices):
+            variables = [str(alias) for alias in field.validation_alias.choices]
+        missing = [v for v in variables if f"`{v}`" not in documented]
+        assert missing == [], f"{name}: {missing} missing from the README table"
