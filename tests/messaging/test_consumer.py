@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from pydantic import SecretStr
@@ -35,6 +36,9 @@ from tests.messaging.conftest import (
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
 
 
+NOTHING_LEFT = {"work": 0, "dead": 0, "quarantine": 0}
+
+
 async def _settled(broker: Broker, topology: Topology, service: str) -> dict[str, int]:
     """Ready messages in each of the service's queues."""
     return {
@@ -58,11 +62,7 @@ async def test_a_handled_message_is_acked_once(
 
     # Stopping returns anything unacked to the queue: an empty queue means acked.
     topology = settings.topology()
-    assert await _settled(broker, topology, service) == {
-        "work": 0,
-        "dead": 0,
-        "quarantine": 0,
-    }
+    assert await _settled(broker, topology, service) == NOTHING_LEFT
     assert calls.count(message_id) == 1
     assert calls.seen[0][2] == Say(text="hello")
     assert calls.principals == [alice()]
@@ -104,11 +104,7 @@ async def test_a_failed_handler_is_retried_through_each_delay_queue_then_succeed
     waits = [later - earlier for earlier, later in itertools.pairwise(called_at)]
     assert waits[0] >= 0.5 * 0.9
     assert waits[1] >= 1.5 * 0.9
-    assert await _settled(broker, topology, service) == {
-        "work": 0,
-        "dead": 0,
-        "quarantine": 0,
-    }
+    assert await _settled(broker, topology, service) == NOTHING_LEFT
 
 
 async def _tap_returns_from_retry(
@@ -270,6 +266,18 @@ MALFORMED: dict[str, tuple[dict[str, Any], str]] = {
         {"headers": _identity(**{h.ATTEMPT: 1_000_000})},
         "HeaderValueError",
     ),
+    "attempt one over its limit": (
+        {"headers": _identity(**{h.ATTEMPT: 101})},
+        "HeaderValueError",
+    ),
+    "attempt negative": (
+        {"headers": _identity(**{h.ATTEMPT: -1})},
+        "HeaderValueError",
+    ),
+    "attempt as a boolean": (
+        {"headers": _identity(**{h.ATTEMPT: True})},
+        "HeaderTypeError",
+    ),
 }
 
 
@@ -299,11 +307,83 @@ async def test_malformed_input_is_quarantined_and_the_consumer_goes_on(
     assert parked.headers[h.FAILED_BY] == service
     assert parked.headers[h.FAILURE_REASON]
     assert calls.count(bad_id) == 0
-    assert await _settled(broker, topology, service) == {
-        "work": 0,
-        "dead": 0,
-        "quarantine": 0,
+    assert await _settled(broker, topology, service) == NOTHING_LEFT
+
+
+async def test_an_attempt_at_its_limit_is_still_handled(
+    broker: Broker, start_consumer: StartConsumer
+) -> None:
+    calls = Calls()
+    service = service_name()
+    await start_consumer(service, [spec(calls.handler())])
+
+    message_id = await send(broker, headers=_identity(**{h.ATTEMPT: 100}))
+
+    await calls.wait_for(lambda: calls.count(message_id) == 1)
+    assert calls.attempts(message_id) == [100]
+
+
+async def test_retry_counts_a_publisher_can_forge_decide_nothing(
+    broker: Broker, start_consumer: StartConsumer, settings: BrokerSettings
+) -> None:
+    calls = Calls()
+
+    async def flaky(context: Context, payload: Say) -> None:
+        calls.record(context, payload)
+        if context.attempt == 0:
+            raise RuntimeError("database blinked")
+
+    service = service_name()
+    topology = settings.topology()
+    await start_consumer(service, [spec(flaky)])
+    # Counts that would mean "retries exhausted" to a consumer that read them.
+    forged = {
+        "x-delivery-count": 99,
+        "x-death": [
+            {
+                "count": 99,
+                "reason": "expired",
+                "queue": topology.retry_queue(service, topology.retry_delays[-1]),
+                "exchange": topology.retry,
+                "routing-keys": [service],
+            }
+        ],
     }
+    message_id = await send(broker, headers=_identity(**forged))
+
+    await calls.wait_for(lambda: calls.count(message_id) == 2)
+    assert calls.attempts(message_id) == [0, 1]
+    assert await _settled(broker, topology, service) == NOTHING_LEFT
+
+
+async def test_a_request_with_forged_identity_is_quarantined_without_an_answer(
+    broker: Broker, start_consumer: StartConsumer, settings: BrokerSettings
+) -> None:
+    # The requester may be the forger: it learns nothing of why. A request
+    # refused for another reason is answered, which shows the answers arrive.
+    topology = settings.topology()
+    service = service_name()
+    await start_consumer(service, [spec(Calls().handler())])
+    answers = f"{topology.prefix}.answers.{service}"
+    broker.extra_queues.add(answers)
+    channel = await broker.connection.channel()
+    try:
+        queue = await channel.declare_queue(answers, durable=True)
+        await queue.bind(topology.replies, routing_key=answers)
+    finally:
+        await channel.close()
+
+    forged_id = await send(
+        broker, headers=_identity(**{h.INTERNAL: "true"}), reply_to=answers
+    )
+    off_schema_id = await send(broker, body=b'{"text": 5}', reply_to=answers)
+
+    parked = await broker.drain(topology.quarantine_queue(service), expect=2)
+    assert {m.message_id for m in parked} == {forged_id, off_schema_id}
+    # The answer to a refusal is confirmed before the copy to quarantine.
+    [answer] = await broker.drain(answers, expect=1)
+    assert answer.correlation_id == off_schema_id
+    assert await broker.depth(answers) == 0
 
 
 async def test_a_principal_without_the_required_role_is_quarantined(
@@ -408,8 +488,11 @@ async def test_a_start_the_broker_refuses_says_why_and_leaves_nothing_running(
 async def test_wrong_credentials_are_named_in_the_start_error(
     settings: BrokerSettings,
 ) -> None:
+    # The tests' own broker (local or a container), with a password it refuses.
+    parts = urlsplit(settings.amqp_url.get_secret_value())
+    netloc = f"{parts.username}:not-the-password@{parts.hostname}:{parts.port or 5672}"
     wrong = settings.model_copy(
-        update={"amqp_url": SecretStr("amqp://guest:not-the-password@localhost:5672/")}
+        update={"amqp_url": SecretStr(urlunsplit(parts._replace(netloc=netloc)))}
     )
     consumer = Consumer(service_name(), [spec(Calls().handler())], wrong)
 
