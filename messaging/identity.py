@@ -42,7 +42,6 @@ MAX_ACTORS: Final = 16
 MAX_IDENTITY_BYTES: Final = 2048
 IDENTITY_SET: Final = "baton-*"
 """The header an error names when the identity headers as a whole are refused."""
-NOT_UTF8: Final = "holds a longstr that is not UTF-8"
 
 _AMQP_TYPE_NAMES: Final[dict[type, str]] = {
     str: "longstr",
@@ -186,7 +185,13 @@ def decode_principal(headers: Headers | Sequence[tuple[str, Any]] | None) -> Pri
     """Rebuild the principal from AMQP headers, refusing anything off-contract."""
     table = _as_table(headers)
 
-    _check_keys(table)
+    for key in table:
+        # The set lookup first: every header of a well-formed message is known,
+        # so the namespace check (a slice and lower()) runs only for the others.
+        if key not in h.KNOWN_HEADERS and _in_namespace(key):
+            raise UnknownHeader(
+                _printable(key), "is in the baton- namespace but not defined"
+            )
 
     version = _required(table, h.VERSION)
     if type(version) is not int:
@@ -218,24 +223,6 @@ def decode_principal(headers: Headers | Sequence[tuple[str, Any]] | None) -> Pri
         )
 
     return _build(subject, kind, frozenset(roles), origin, internal, actors, tenant)
-
-
-def _check_keys(table: Headers) -> None:
-    """Refuse unknown keys in our namespace, and text that is not UTF-8 anywhere."""
-    for key, value in table.items():
-        # The set lookup first: every header of a well-formed message is known,
-        # so the namespace check (a slice and lower()) runs only for the others.
-        if key not in h.KNOWN_HEADERS and _in_namespace(key):
-            raise UnknownHeader(
-                _printable(key), "is in the baton- namespace but not defined"
-            )
-        value_type = type(value)
-        if value_type is bytes:
-            raise HeaderTypeError(_printable(key), NOT_UTF8)
-        # Inside identity arrays the item type checks refuse bytes themselves.
-        is_container = value_type is list or value_type is dict
-        if is_container and key not in h.IDENTITY_HEADERS:
-            _refuse_undecoded(key, value)
 
 
 def _build(
@@ -275,23 +262,6 @@ def _as_table(headers: Headers | Sequence[tuple[str, Any]] | None) -> Headers:
             )
         table[key] = value
     return table
-
-
-def _refuse_undecoded(key: str, value: list[Any] | dict[str, Any]) -> None:
-    # pamqp hands over a longstr that is not UTF-8 as bytes, which no one can
-    # read as text and aio-pika cannot publish again: the message could not
-    # even be moved to quarantine as it is. A loop, not recursion: the broker
-    # forwards tables nested deeper than Python's recursion limit.
-    pending: list[Any] = [value]
-    while pending:
-        item = pending.pop()
-        kind = type(item)
-        if kind is bytes:
-            raise HeaderTypeError(_printable(key), f"{NOT_UTF8}, nested in its value")
-        if kind is list:
-            pending.extend(item)
-        elif kind is dict:
-            pending.extend(item.values())
 
 
 def _required(table: Headers, key: str) -> Any:

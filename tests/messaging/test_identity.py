@@ -256,19 +256,12 @@ def _nested(depth: int, bottom: object) -> object:
     return value
 
 
-@pytest.mark.parametrize("depth", [1, 10_000])
-def test_text_that_is_not_utf8_is_found_at_any_depth_of_a_foreign_header(depth: int):
-    # Deeper than Python's recursion limit: the search must not blow the stack.
-    table = {**encode_principal(alice()), "x-trace": _nested(depth, b"\xff")}
-
-    with pytest.raises(HeaderTypeError) as caught:
-        decode_principal(table)
-
-    assert caught.value.header == "x-trace"
-
-
-def test_a_deep_foreign_header_without_such_text_is_ignored():
-    table = {**encode_principal(alice()), "x-trace": _nested(10_000, "ok")}
+@pytest.mark.parametrize("bottom", ["ok", b"\xff"], ids=["text", "not_utf8"])
+def test_a_foreign_header_is_ignored_however_deep_and_whatever_it_holds(
+    bottom: object,
+):
+    # Deeper than Python's recursion limit: the decoder never walks into it.
+    table = {**encode_principal(alice()), "x-trace": _nested(10_000, bottom)}
 
     assert decode_principal(table) == alice()
 
