@@ -30,7 +30,6 @@ from messaging import headers as h
 from messaging.connection import CONNECTION_ERRORS, Link
 from messaging.delivery import Acks, Delivery
 from messaging.errors import (
-    BrokerTooOld,
     BrokerUnavailable,
     ChainTooDeep,
     HeaderTypeError,
@@ -49,7 +48,7 @@ from messaging.publisher import Publisher
 from messaging.rpc import Requester
 from messaging.settings import BrokerSettings
 from messaging.signing import OriginAssertion, Signer, carry
-from messaging.topology import Binding, Topology, supports_quorum
+from messaging.topology import Binding, Topology
 from messaging.trust import TrustPolicy
 
 logger = logging.getLogger(__name__)
@@ -139,10 +138,6 @@ class Consumer:
         await self.link.stop()
 
     async def _attach(self, connection: AbstractConnection) -> None:
-        if self.topology.quorum and not supports_quorum(_server_properties(connection)):
-            raise BrokerTooOld(
-                "this broker has no quorum queues: set quorum_queues off"
-            )
         channel = await connection.channel(publisher_confirms=False)
         self.link.watch(channel)
         underlay = await channel.get_underlay_channel()
@@ -358,13 +353,6 @@ def _ack_batch(prefetch: int) -> int:
     # A quarter of the window: enough to share frames, and the broker still
     # has three quarters of the prefetch to keep sending meanwhile.
     return max(1, prefetch // 4)
-
-
-def _server_properties(connection: AbstractConnection) -> dict[str, Any]:
-    underlay = connection.transport
-    if underlay is None:
-        return {}
-    return dict(underlay.connection.server_properties)
 
 
 def _validate(spec: HandlerSpec[Any], body: bytes) -> BaseModel:

@@ -21,6 +21,7 @@ BatonError
 │   └── TooManyPublishes          one delivery published more than the cap allows
 ├── TrustConfigError              trust settings or broker rights are unsafe: no start
 │   └── SigningConfigError        a signing key or key ring cannot be used
+├── BrokerTooOld                  the broker lacks what the settings require: no start
 ├── PublishError                  the broker did not take a message
 │   ├── PublishNacked             the broker answered the publish with a nack
 │   ├── MessageReturned           the message was unroutable (mandatory return)
@@ -160,6 +161,10 @@ class SigningConfigError(TrustConfigError):
     """A signing key or key ring is missing, unreadable or malformed."""
 
 
+class BrokerTooOld(BatonError):
+    """The broker lacks a feature the settings require, such as quorum queues."""
+
+
 class PublishError(BatonError):
     """The broker did not take responsibility for a published message."""
 
@@ -187,10 +192,6 @@ class ConfirmTimeout(PublishError):
 
 class BrokerUnavailable(PublishError):
     """There is no usable connection to the broker."""
-
-
-class BrokerTooOld(PublishError):
-    """The broker lacks a feature the settings ask for, such as quorum queues."""
 
 
 class RequestError(BatonError):

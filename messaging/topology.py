@@ -16,6 +16,11 @@ reason. The service queue itself dead-letters to ``quarantine`` too: that is
 where a message ends that kept killing the consumer's connection until the
 queue's delivery limit gave up on it, and where a request expires whose caller
 stopped waiting (``x-death`` says ``delivery_limit`` or ``expired``).
+
+The service, dead and quarantine queues are quorum queues when the broker has
+them (RabbitMQ 3.8 on). Only a quorum queue has a delivery limit; on classic
+queues (``BATON_QUORUM_QUEUES``) nothing bounds a message that kills the
+consumer before it can be settled.
 """
 
 from __future__ import annotations
@@ -24,12 +29,34 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
+from messaging.errors import BrokerTooOld
+
 logger = logging.getLogger(__name__)
+
+CLASSIC_FALLBACK: Final = (
+    "RabbitMQ %s has no quorum queues (3.8 or newer has them): declaring classic "
+    "queues for %s, as BATON_QUORUM_QUEUES=auto allows. Lost with them: the "
+    "broker's delivery limit (BATON_DELIVERY_LIMIT). A failing handler is still "
+    "bounded by Baton's own attempt count (BATON_RETRY_DELAYS), and input Baton "
+    "can read but refuses still goes to quarantine. But a message that kills the "
+    "consumer's connection before it is settled (a header table the client "
+    "cannot decode) or its process is now redelivered without end and holds up "
+    "the queue behind it, until an operator removes it. Upgrade the broker, or "
+    "set BATON_QUORUM_QUEUES=false to choose classic queues knowingly."
+)
+
+
+class QuorumQueues(StrEnum):
+    """Whether a service's queues are quorum queues (``BATON_QUORUM_QUEUES``)."""
+
+    AUTO = "auto"  # quorum when the broker has them, else classic with a warning
+    TRUE = "true"  # quorum, and refuse to start on a broker without them
+    FALSE = "false"  # classic: no delivery limit
 
 
 class Route(StrEnum):
@@ -54,7 +81,7 @@ class Topology:
     prefix: str = "baton"
     retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0)
     delivery_limit: int = 10
-    quorum: bool = True
+    quorum: QuorumQueues = QuorumQueues.AUTO
 
     @property
     def commands(self) -> str:
@@ -140,11 +167,12 @@ class Topology:
         self, channel: AbstractChannel, service: str, bindings: Iterable[Binding]
     ) -> AbstractQueue:
         """Declare a service's queues and bindings; returns its work queue."""
+        quorum = await self._quorum_on(channel, service)
         await self.declare_exchanges(channel)
         queue = await channel.declare_queue(
             self.service_queue(service),
             durable=True,
-            arguments=self._work_args(service),
+            arguments=self._work_args(service, quorum),
         )
         await queue.bind(self.redeliver, routing_key=service)
         for binding in bindings:
@@ -159,7 +187,7 @@ class Topology:
             (self.quarantine, self.quarantine_queue(service)),
         ):
             parked = await channel.declare_queue(
-                name, durable=True, arguments=self._parking_args()
+                name, durable=True, arguments=_parking_args(quorum)
             )
             await parked.bind(exchange, routing_key=service)
 
@@ -181,30 +209,56 @@ class Topology:
         )
         await queue.bind(self.retry, routing_key=name)
 
-    def _work_args(self, service: str) -> dict[str, Any]:
+    async def _quorum_on(self, channel: AbstractChannel, service: str) -> bool:
+        """Whether to declare quorum queues on the broker behind `channel`."""
+        if self.quorum == QuorumQueues.FALSE:
+            return False
+        underlay = await channel.get_underlay_channel()
+        server = underlay.connection.server_properties
+        if supports_quorum(server):
+            return True
+        version = _version(server) or "of unknown version"
+        if self.quorum == QuorumQueues.TRUE:
+            raise BrokerTooOld(
+                f"RabbitMQ {version} has no quorum queues (they need 3.8 or newer) "
+                "and BATON_QUORUM_QUEUES is true: upgrade the broker, or set "
+                "BATON_QUORUM_QUEUES=auto or false to run on classic queues, "
+                "which have no delivery limit"
+            )
+        logger.warning(CLASSIC_FALLBACK, version, service)
+        return False
+
+    def _work_args(self, service: str, quorum: bool) -> dict[str, Any]:
         args: dict[str, Any] = {
             "x-dead-letter-exchange": self.quarantine,
             "x-dead-letter-routing-key": service,
         }
-        if self.quorum:
+        if quorum:
             args["x-queue-type"] = "quorum"
             args["x-delivery-limit"] = self.delivery_limit
         return args
 
-    def _parking_args(self) -> dict[str, Any]:
-        return {"x-queue-type": "quorum"} if self.quorum else {}
+
+def _parking_args(quorum: bool) -> dict[str, Any]:
+    return {"x-queue-type": "quorum"} if quorum else {}
 
 
 def supports_quorum(server_properties: Mapping[str, Any]) -> bool:
     """Quorum queues exist from RabbitMQ 3.8 on."""
-    version = server_properties.get("version", b"")
-    if isinstance(version, bytes):
-        version = version.decode("ascii", "replace")
     try:
-        major, minor = (int(part) for part in str(version).split(".")[:2])
+        major, minor = (
+            int(part) for part in _version(server_properties).split(".")[:2]
+        )
     except ValueError:
         return False
     return (major, minor) >= (3, 8)
+
+
+def _version(server_properties: Mapping[str, Any]) -> str:
+    version = server_properties.get("version", b"")
+    if isinstance(version, bytes | bytearray):
+        return version.decode("ascii", "replace")
+    return str(version)
 
 
 def _millis(seconds: float) -> int:

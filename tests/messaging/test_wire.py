@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pamqp import frame, header
 from pamqp.commands import Basic
+from pamqp.common import FieldTable
 
 from messaging import headers as h
 from messaging.identity import Principal, encode_principal
@@ -55,7 +56,7 @@ def _maybe(rng: random.Random, value: str) -> str | None:
 @pytest.mark.parametrize("seed", range(40))
 def test_outgoing_properties_decode_like_pamqps_own(seed: int) -> None:
     rng = random.Random(seed)
-    table = {
+    table: FieldTable = {
         "baton-attempt": rng.randint(0, 100),
         "trace": _text(rng, 60),
         "flag": rng.random() < 0.5,

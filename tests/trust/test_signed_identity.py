@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 import uuid
+from typing import Any
 
 import aio_pika
 import pytest
@@ -38,11 +39,11 @@ def signed(
     *,
     introduces_users: bool = True,
     issued: float | None = None,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Identity headers plus the signature `key` makes for them."""
     clock = (lambda: issued) if issued is not None else time.time
     signer = Signer(key, introduces_users=introduces_users, ttl=60, clock=clock)
-    headers: dict[str, object] = dict(encode_principal(principal))
+    headers = encode_principal(principal)
     headers.update(signer.sign(destination, message_id, body, principal))
     return headers
 
