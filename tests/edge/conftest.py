@@ -66,6 +66,8 @@ class JwksServer:
 
     def __init__(self) -> None:
         self.document: dict[str, Any] = {"keys": []}
+        # Served instead of the document when set: what no JSON encoder writes.
+        self.raw: bytes | None = None
         self.failing = False
         self.fetches = 0
         self._lock = threading.Lock()
@@ -75,12 +77,12 @@ class JwksServer:
             def do_GET(self) -> None:
                 with server._lock:
                     server.fetches += 1
-                    failing, body = server.failing, json.dumps(server.document)
+                    failing, raw = server.failing, server.raw
+                    payload = raw or json.dumps(server.document).encode()
                 if failing:
                     self.send_response(503)
                     self.end_headers()
                     return
-                payload = body.encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))

@@ -191,6 +191,43 @@ async def test_a_key_set_with_no_usable_key_is_keys_unavailable(
         await verifier.principal(idp.token())
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 50_000, b'{"keys": ' + b"[" * 50_000, b'{"keys": [], "keys": []}'],
+    ids=["deep-array", "deep-keys", "repeated-keys"],
+)
+async def test_a_hostile_key_set_document_is_keys_unavailable(
+    make_verifier: MakeVerifier, idp: IdentityProvider, body: bytes
+) -> None:
+    idp.server.raw = body
+    verifier = make_verifier()
+
+    with pytest.raises(KeysUnavailable) as caught:
+        await verifier.principal(idp.token())
+
+    assert "the key set is not usable JSON" in str(caught.value)
+
+
+async def test_a_key_set_entry_with_odd_types_is_skipped_and_the_good_key_used(
+    make_verifier: MakeVerifier, idp: IdentityProvider
+) -> None:
+    odd = [
+        {**idp.key.public_jwk(), "kid": "listed-alg", "alg": ["ES256"]},
+        {**idp.key.public_jwk(), "kid": "table-alg", "alg": {"ES256": 1}},
+        {"kty": ["EC"], "kid": "listed-kty"},
+        "not-a-key",
+    ]
+    idp.server.document = {"keys": [*odd, idp.key.public_jwk()]}
+    verifier = make_verifier()
+
+    principal = await verifier.principal(idp.token())
+    forged = idp.sign(key=idp.key, headers={"kid": "listed-alg"})
+
+    assert principal.subject == "alice"
+    with pytest.raises(InvalidToken):
+        await verifier.principal(forged)
+
+
 async def test_a_symmetric_key_in_the_key_set_is_never_used(
     make_verifier: MakeVerifier, idp: IdentityProvider
 ) -> None:
