@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from contracts import Contract, Mode
 from edge_api.auth import authenticate, authorized
 from edge_api.correlation import correlation_id
+from edge_api.json_body import UntrustedJsonRoute
 from edge_api.state import edge_of
 from messaging.errors import (
     BrokerUnavailable,
@@ -79,7 +80,9 @@ def http_contracts(catalogue: Iterable[Contract]) -> list[Contract]:
 
 
 def commands_router(catalogue: Iterable[Contract]) -> APIRouter:
-    router = APIRouter(prefix=COMMANDS_PATH, tags=["commands"])
+    router = APIRouter(
+        prefix=COMMANDS_PATH, tags=["commands"], route_class=UntrustedJsonRoute
+    )
     for contract in http_contracts(catalogue):
         _add_command_route(router, contract)
     router.add_api_route(
