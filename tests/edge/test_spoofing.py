@@ -105,6 +105,22 @@ async def test_a_body_carrying_identity_fields_is_refused(
     await only_the_good_command_arrives(edge, idp, spy)
 
 
+@pytest.mark.parametrize("subject", ["bob", "alice"])
+async def test_a_profile_request_naming_any_user_is_refused_and_nothing_is_sent(
+    edge: RunningEdge, idp: IdentityProvider, spy: Spy, subject: str
+) -> None:
+    response = await edge.client.post(
+        "/v1/commands/profile.get",
+        json={"subject": subject},
+        headers=bearer(idp.token("alice")),
+    )
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert (error["type"], error["loc"]) == ("extra_forbidden", ["body", "subject"])
+    await only_the_good_command_arrives(edge, idp, spy)
+
+
 async def test_only_the_token_identity_and_no_client_header_reaches_the_broker(
     edge: RunningEdge, idp: IdentityProvider, spy: Spy
 ) -> None:
