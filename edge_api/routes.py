@@ -45,9 +45,15 @@ logger = logging.getLogger(__name__)
 
 COMMANDS_PATH: Final = "/v1/commands"
 COMMAND_ID: Final = r"^[0-9a-f]{32}$"
+# A service's refusal of the request itself is the client's to read, with the
+# status that says why. Everything else a service answers (a crash, a timeout,
+# a trust check failing between our own services, a service refusing what it
+# published itself) is our fault: 502, with the reason kept in our log.
 REMOTE_STATUS: Final = {
     "Forbidden": status.HTTP_403_FORBIDDEN,
+    "NotFound": status.HTTP_404_NOT_FOUND,
     "SchemaError": status.HTTP_422_UNPROCESSABLE_CONTENT,
+    "Reject": status.HTTP_422_UNPROCESSABLE_CONTENT,
 }
 
 
@@ -138,7 +144,7 @@ def _add_command_route(router: APIRouter, contract: Contract) -> None:
         code: {"model": Problem} for code in (400, 401, 403, 413, 503)
     }
     if request_mode:
-        responses.update({502: {"model": Problem}, 504: {"model": Problem}})
+        responses.update({code: {"model": Problem} for code in (404, 502, 504)})
     router.add_api_route(
         f"/{contract.name}",
         _endpoint(contract),
