@@ -205,7 +205,14 @@ HIDDEN = "the service could not handle plan.get"
         (UndeclaredMessage("core published t.secret"), 502, HIDDEN),
         (IdentityChanged("handler swapped the subject"), 502, HIDDEN),
     ],
-    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else "",
+    ids=[
+        "NotFound",
+        "Forbidden",
+        "Reject",
+        "ValueError",
+        "UndeclaredMessage",
+        "IdentityChanged",
+    ],
 )
 async def test_a_refusal_of_the_request_is_a_4xx_and_a_failure_of_ours_a_502(
     edge: RunningEdge,

@@ -14,7 +14,7 @@ from edge_api.errors import InvalidToken, KeysUnavailable
 from edge_api.keys import JwksKeys
 from edge_api.settings import EdgeSettings
 from edge_api.tokens import TokenVerifier
-from tests.edge.conftest import IdentityProvider, new_key
+from tests.edge.conftest import IdentityProvider, b64, forge_hs256, new_key
 
 pytestmark = pytest.mark.asyncio
 
@@ -229,15 +229,31 @@ async def test_a_key_set_entry_with_odd_types_is_skipped_and_the_good_key_used(
 
 
 async def test_a_symmetric_key_in_the_key_set_is_never_used(
-    make_verifier: MakeVerifier, idp: IdentityProvider
+    edge_settings: EdgeSettings, idp: IdentityProvider
 ) -> None:
-    from tests.edge.conftest import forge_hs256
-
+    # The settings refuse HS256 beside a JWKS URL, so the verifier's allow-list
+    # stops such a token first. Here that list is wrong on purpose (model_copy
+    # skips validation), to show the key set itself never yields an HMAC key:
+    # an issuer that publishes one has published its secret.
     secret = b"attacker-chosen-secret-attacker-chosen"
-    hmac_jwk = {"kty": "oct", "k": "", "kid": "hmac", "alg": "HS256", "use": "sig"}
-    idp.server.document = {"keys": [idp.key.public_jwk(), hmac_jwk]}
-    verifier = make_verifier()
+    hmac_jwk = {"kty": "oct", "k": b64(secret), "kid": "hmac", "alg": "HS256"}
+    idp.server.document = {"keys": [idp.key.public_jwk(), {**hmac_jwk, "use": "sig"}]}
+    careless = edge_settings.model_copy(update={"algorithms": ("ES256", "HS256")})
+    keys = JwksKeys(
+        idp.server.url,
+        algorithms=careless.algorithms,
+        timeout=1.0,
+        cache_ttl=300,
+        refresh_cooldown=30,
+    )
+    verifier = TokenVerifier(careless, keys)
     token = forge_hs256({"alg": "HS256", "kid": "hmac"}, idp.claims(), secret)
+    try:
+        with pytest.raises(InvalidToken) as caught:
+            await verifier.principal(token)
+        good = await verifier.principal(idp.token("bob"))
+    finally:
+        await keys.aclose()
 
-    with pytest.raises(InvalidToken):
-        await verifier.principal(token)
+    assert caught.value.reason == "the token's kid names no key we trust"
+    assert good.subject == "bob"
