@@ -30,6 +30,9 @@ class FreezableProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
+        # The local port of each connection to the broker: the broker (and its
+        # management API) sees the proxied client at this port.
+        self.broker_side_ports: list[int] = []
 
     @property
     def url(self) -> str:
@@ -76,6 +79,7 @@ class FreezableProxy:
             client_writer.transport.abort()
             return
         self._writers.update({client_writer, broker_writer})
+        self.broker_side_ports.append(broker_writer.get_extra_info("sockname")[1])
         for reader, writer, flowing in (
             (client_reader, broker_writer, self._to_broker),
             (broker_reader, client_writer, self._to_client),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
@@ -73,6 +74,30 @@ async def edge_via(
     async for running in run_edge(quick, through):
         assert running.app.state.edge.gateway.is_ready
         yield running
+
+
+async def close_from_the_broker(settings: BrokerSettings, peer_port: int) -> None:
+    """Have the broker close the connection from `peer_port` (management API)."""
+    parts = urlsplit(settings.amqp_url.get_secret_value())
+    async with httpx.AsyncClient(
+        base_url=f"http://{parts.hostname}:15672",
+        auth=(parts.username or "guest", parts.password or "guest"),
+        timeout=10,
+    ) as management:
+        try:
+            await management.get("/api/overview")
+        except httpx.TransportError as exc:
+            pytest.skip(f"the management API is not reachable: {exc}")
+        async with asyncio.timeout(NOTICED_WITHIN):
+            while True:
+                listed = (await management.get("/api/connections")).json()
+                mine = [c["name"] for c in listed if c.get("peer_port") == peer_port]
+                if mine:
+                    break
+                await asyncio.sleep(0.2)
+        path = "/api/connections/" + quote(mine[0], safe="")
+        closed = await management.delete(path, headers={"X-Reason": "test"})
+        assert closed.status_code == 204, closed.text
 
 
 async def call(edge: RunningEdge, idp: IdentityProvider, mode: str) -> httpx.Response:
@@ -197,3 +222,30 @@ async def test_a_confirm_that_comes_too_late_is_503_though_the_broker_took_it(
     assert "retry-after" in late.headers
     assert "may or may not have been taken" in late.json()["detail"]
     assert taken.message_id != first.message_id
+
+
+async def test_the_broker_closing_the_edges_connection_is_503_then_recovered(
+    proxy: FreezableProxy,
+    edge_settings: EdgeSettings,
+    settings: BrokerSettings,
+    idp: IdentityProvider,
+    spy: Spy,
+) -> None:
+    # The proxy only forwards here; it tells which connection is the edge's.
+    async for edge in edge_via(proxy, edge_settings, settings):
+        before = await call(edge, idp, "command")
+        await close_from_the_broker(settings, proxy.broker_side_ports[-1])
+        right_after = await call(edge, idp, "command")
+        recovering = await until_status(edge, idp, "command", 202)
+        await until_ready_is(edge, 200)
+        last = await call(edge, idp, "command")
+        taken = await spy.take(3)
+
+    assert before.status_code == 202
+    assert right_after.status_code == 503
+    assert "retry-after" in right_after.headers
+    assert set(recovering) <= {503, 202}, recovering
+    assert len(proxy.broker_side_ports) == 2, "the edge should have reconnected once"
+    ids = [message.message_id for message in taken]
+    assert ids[0] == before.json()["command_id"]
+    assert ids[2] == last.json()["command_id"]
