@@ -16,7 +16,7 @@ like every other header. Every value of a repeated header is seen, because the
 raw ASGI header list is read, not a folded mapping.
 
 Nothing a client sends in a header travels further, except the correlation id
-and the idempotency key, each read and validated by its own module.
+and the idempotency key, read and validated by :mod:`edge_api.client_headers`.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from contracts import Contract, Mode
 from edge_api.auth import authenticate, authorized
-from edge_api.correlation import correlation_id
+from edge_api.client_headers import command_id, correlation_id, idempotency_key
 from edge_api.json_body import UntrustedJsonRoute
 from edge_api.state import edge_of
 from messaging.errors import (
@@ -165,10 +165,16 @@ def _endpoint(contract: Contract) -> Callable[..., Awaitable[BaseModel]]:
         payload: BaseModel,
         principal: Principal,
         correlation: Annotated[str | None, Depends(correlation_id)],
+        key: Annotated[str | None, Depends(idempotency_key)],
     ) -> BaseModel:
         if contract.mode is Mode.REQUEST:
             return await _ask(request, contract, payload, principal, correlation)
-        accepted = await _send(request, contract, payload, principal, correlation)
+        message_id = (
+            None if key is None else command_id(principal, contract, payload, key)
+        )
+        accepted = await _send(
+            request, contract, payload, principal, correlation, message_id
+        )
         response.headers["Location"] = accepted.location
         return accepted
 
@@ -194,21 +200,26 @@ async def _send(
     payload: BaseModel,
     principal: Principal,
     correlation: str | None,
+    message_id: str | None,
 ) -> Accepted:
     edge = edge_of(request)
     try:
-        command_id = await edge.gateway.send(
-            contract, payload, principal, correlation_id=correlation
+        sent = await edge.gateway.send(
+            contract,
+            payload,
+            principal,
+            correlation_id=correlation,
+            message_id=message_id,
         )
     except PublishError as exc:
         raise _unavailable(request, contract, exc) from None
-    edge.receipts.record(command_id, contract.name, principal)
-    logger.info("accepted %s %s for %s", contract.name, command_id, principal.subject)
+    edge.receipts.record(sent, contract.name, principal)
+    logger.info("accepted %s %s for %s", contract.name, sent, principal.subject)
     return Accepted(
-        command_id=command_id,
+        command_id=sent,
         command=contract.name,
-        location=f"{COMMANDS_PATH}/{command_id}",
-        correlation_id=correlation or command_id,
+        location=f"{COMMANDS_PATH}/{sent}",
+        correlation_id=correlation or sent,
     )
 
 
@@ -264,7 +275,8 @@ def _unavailable(
     elif isinstance(exc, ConfirmTimeout):
         reason = (
             f"the broker did not confirm {contract.name} in time; it may or may "
-            "not have been taken"
+            "not have been taken (sent again with the same Idempotency-Key, it "
+            "cannot run twice)"
         )
     elif isinstance(exc, BrokerUnavailable):
         reason = "the message broker is unavailable"

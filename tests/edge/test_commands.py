@@ -331,6 +331,8 @@ async def test_openapi_documents_every_http_command_with_bearer_security(
         assert operation["security"] == [{"bearer": []}]
         schema = operation["requestBody"]["content"]["application/json"]["schema"]
         assert schema["$ref"].endswith(CATALOGUE[name].payload.__name__)
+        headers = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
+        assert headers == {"X-Correlation-Id", "Idempotency-Key"}
     scheme = openapi["components"]["securitySchemes"]["bearer"]
     assert scheme == {
         "type": "http",
