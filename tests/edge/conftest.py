@@ -8,6 +8,7 @@ app with its lifespan against the shared broker, under the test's own prefix.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -228,6 +229,18 @@ async def edge(
     """The edge app, started, with a client; `broker` cleans up its exchanges."""
     async for running in run_edge(edge_settings, settings):
         yield running
+
+
+async def wait_ready(client: httpx.AsyncClient, timeout: float = 60.0) -> None:
+    """Poll an edge running in another process until its readiness says 200."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                if (await client.get("/health/ready")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ from edge_api.dev_issuer import DevIssuer
 from edge_api.tokens import TokenVerifier
 from messaging.handlers import Context, HandlerSpec
 from messaging.identity import Principal
-from tests.edge.conftest import StartConsumer, bearer
+from tests.edge.conftest import StartConsumer, bearer, wait_ready
 
 GOAL = {"goal": "run a marathon", "horizon_days": 90}
 
@@ -118,17 +118,6 @@ def edge_process(workdir: Path, amqp_url: str, prefix: str) -> Iterator[str]:
         process.terminate()
         output, _ = process.communicate(timeout=30)
         assert f"listening on http://127.0.0.1:{port}" in output
-
-
-async def wait_ready(client: httpx.AsyncClient) -> None:
-    async with asyncio.timeout(60):
-        while True:
-            try:
-                if (await client.get("/health/ready")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
 
 
 @pytest.mark.asyncio
