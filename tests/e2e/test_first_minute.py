@@ -15,6 +15,7 @@ import asyncio
 import os
 import signal
 import socket
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ import pytest_asyncio
 from messaging.settings import BrokerSettings
 from tests.conftest import Broker
 from tests.edge.conftest import wait_ready
+from tests.workers.conftest import eventually
 from tests.workers.processes import Process, spawn_baton
 from workers.system import SERVICES
 
@@ -49,6 +51,10 @@ def _environment(settings: BrokerSettings, tmp_path: Path, port: int) -> dict[st
         "BATON_PREFIX": settings.prefix,
         # Names the test's clean-up knows (tests/conftest.py Broker.cleanup).
         "BATON_RETRY_DELAYS": "[0.1, 0.2]",
+        # One delivery at a time, in order: once a later command is handled,
+        # every earlier copy has been settled, so "nothing was dead-lettered"
+        # can be checked exactly.
+        "BATON_PREFETCH": "1",
         "BATON_STATE_DIR": str(tmp_path / "state"),
         "BATON_EDGE_DEV_KEY_DIR": str(tmp_path / "dev-key"),
         "BATON_EDGE_PORT": str(port),
@@ -175,3 +181,57 @@ async def _until(
             if done(response):
                 return response
             await asyncio.sleep(0.1)
+
+
+async def test_a_plan_created_twice_under_one_idempotency_key_is_made_once(
+    first_minute: tuple[str, dict[str, str], Process],
+    broker: Broker,
+    tmp_path: Path,
+) -> None:
+    base, env, _edge = first_minute
+    token = await _baton_token(env, "alice", "planner")
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "plan-1", **JSON}
+    goal = {"goal": "run a marathon", "horizon_days": 90}
+
+    async with httpx.AsyncClient(base_url=base, timeout=15) as http:
+        sent = [
+            await http.post("/v1/commands/plan.create", json=goal, headers=headers)
+            for _ in range(3)
+        ]
+        plan_id = sent[0].json()["command_id"]
+        plan = await _until(http, "plan.get", {"plan_id": plan_id}, headers, _found)
+        # One more copy after the first was handled: the inbox has seen it.
+        late = await http.post("/v1/commands/plan.create", json=goal, headers=headers)
+        marker = await http.post(
+            "/v1/commands/plan.create",
+            json=goal,
+            headers={**headers, "Idempotency-Key": "plan-2"},
+        )
+        by_marker = {"plan_id": marker.json()["command_id"]}
+        await _until(http, "plan.get", by_marker, headers, _found)
+    notifications = tmp_path / "state" / "notifications.sqlite3"
+    await eventually(
+        lambda: by_marker["plan_id"] in _notified_plans(notifications, "alice"),
+        what="the marker plan's notification",
+    )
+
+    assert [r.status_code for r in (*sent, late)] == [202] * 4
+    assert {r.json()["command_id"] for r in (*sent, late)} == {plan_id}
+    assert plan.json()["version"] == 1
+    assert _notified_plans(notifications, "alice") == [plan_id, by_marker["plan_id"]]
+    for parked in (broker.topology.dead_queue, broker.topology.quarantine_queue):
+        assert await broker.depth(parked("core")) == 0
+
+
+def _found(response: httpx.Response) -> bool:
+    return response.status_code == 200
+
+
+def _notified_plans(database: Path, subject: str) -> list[str]:
+    if not database.exists():
+        return []
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT plan_id FROM notifications WHERE subject = ?", (subject,)
+        ).fetchall()
+    return [str(plan_id) for (plan_id,) in rows]
