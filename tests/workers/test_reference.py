@@ -84,10 +84,17 @@ async def system(
         name: build(name, worker_settings)
         for name in ("users", "core", "notifications")
     }
+    workers: dict[str, Worker] = {}
     try:
-        workers = {name: await run(part.service) for name, part in parts.items()}
+        for name, part in parts.items():
+            workers[name] = await run(part.service)
         yield System(parts, workers)
     finally:
+        # `run` stops the workers only after this teardown: stop them first, so
+        # that no handler's thread still uses a database as it is closed (that
+        # crashed the interpreter).
+        for worker in workers.values():
+            await worker.stop()
         for part in parts.values():
             part.close()
 
@@ -98,11 +105,14 @@ async def scheduler(
 ) -> AsyncIterator[Scheduler]:
     """The scheduler's service, running; the test fires its ticks itself."""
     made = build_scheduler(worker_settings)
+    worker: Worker | None = None
     try:
         worker = await run(made.service)
         made.bind(worker.consumer.publisher, worker.consumer.topology)
         yield made
     finally:
+        if worker is not None:  # before its database closes, as in `system`
+            await worker.stop()
         made.store.close()
 
 
