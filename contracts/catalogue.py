@@ -12,13 +12,17 @@ from messaging.topology import Route
 
 
 class Strict(BaseModel):
-    """Base of every payload: unknown fields are refused, values are immutable.
+    """Base of every payload: unknown fields refused, no coercion, immutable values.
 
     Refusing unknown fields is what keeps identity out of bodies: a client that
-    adds ``user_id`` or ``internal`` to a payload gets a validation error.
+    adds ``user_id`` or ``internal`` to a payload gets a validation error. Strict
+    types mean ``true``, ``"3"`` or ``3.0`` is not an integer: a client's mistake
+    is an error it can see, not a value it did not mean.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, str_strip_whitespace=True, strict=True
+    )
 
 
 class Mode(StrEnum):

@@ -14,13 +14,11 @@ class ProfileUpdateIntent(Strict):
 
 
 class ProfileGet(Strict):
-    """Read a profile: the acting user's own, and no one else's.
+    """Read your own profile: the acting user's, and no one else's.
 
-    `subject` may be given, but it must be the acting user: a request naming
-    someone else is refused, never answered.
+    There is no field naming a user: whom a profile is read for comes only from
+    the principal, so a body naming someone is refused as unknown fields are.
     """
-
-    subject: str | None = Field(default=None, max_length=128)
 
 
 class ProfileView(Strict):

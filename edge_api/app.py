@@ -60,7 +60,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keys = static_keys or key_source(settings)
         gateway = CommandGateway(
-            broker, publish_timeout=settings.publish_timeout, signer=signer
+            broker,
+            publish_timeout=settings.publish_timeout,
+            heartbeat=settings.heartbeat,
+            signer=signer,
         )
         receipts = Receipts(
             max_entries=settings.receipts_max, ttl=settings.receipts_ttl

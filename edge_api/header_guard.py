@@ -4,24 +4,25 @@ Identity comes only from the verified bearer token. A header such as
 ``X-User-Id`` or ``X-Internal-Call`` can only be an attempt to be someone else,
 or a proxy that should not be in front of us, so the request is refused with
 400 instead of quietly ignored: the client learns at once that it cannot work.
-Names are compared after normalising (lowercase, ``_`` read as ``-``), so
-``X_User_ID`` is refused like ``x-user-id``. Every value of a repeated header is
-seen, because the raw ASGI header list is read, not a folded mapping.
 
-Refused:
-
-- any name in :data:`IDENTITY_HEADERS`;
-- any name starting with ``baton-`` or ``x-baton-`` (our AMQP namespace);
-- any ``x-`` name with a word that speaks of identity (``x-forwarded-user``,
-  ``x-impersonate``, ``x-auth-request-email``, ``x-tenant-id``...).
+The rule, exactly. A header name is split into words at ``-``, ``_`` and
+``.``, lowercased, a first word ``x`` is dropped, and the words are joined
+without separators: ``X_User.ID``, ``x-userid`` and ``XUserId`` all become
+``userid``. The request is refused when that compact name is in
+:data:`IDENTITY_HEADERS`, or when its first word is ``baton`` (our AMQP
+namespace, ``Baton-Subject``, ``X-Baton-Roles``). Nothing else is refused:
+``X-User-Agent`` (``useragent``) or ``X-Forwarded-For`` pass, and are ignored
+like every other header. Every value of a repeated header is seen, because the
+raw ASGI header list is read, not a folded mapping.
 
 Nothing a client sends in a header travels further, except the correlation id
-read by :mod:`edge_api.correlation`.
+and the idempotency key, read and validated by :mod:`edge_api.client_headers`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -30,61 +31,100 @@ from edge_api.refusal import refuse
 
 security_log = logging.getLogger("baton.security")
 
+SEPARATORS: Final = re.compile(r"[-_.]+")
+NAMESPACE_WORD: Final = "baton"
+# Compact names (see the module docstring): what identity-aware proxies and
+# gateways use to pass a user on (oauth2-proxy, Kong, Azure and Google
+# front ends, AWS load balancers), and the names an attacker would try.
 IDENTITY_HEADERS: Final = frozenset(
     {
-        "remote-user",
-        "remote-addr-user",
-        "forwarded-user",
-        "on-behalf-of",
-        "impersonate-user",
-        "impersonate-group",
-    }
-)
-REFUSED_PREFIXES: Final = ("baton-", "x-baton-")
-IDENTITY_WORDS: Final = frozenset(
-    {
+        # a user, by id, name, mail or group
         "user",
         "userid",
         "username",
+        "useremail",
+        "userroles",
+        "usergroups",
         "uid",
         "sub",
         "subject",
         "principal",
+        "principalid",
+        "principalname",
         "identity",
-        "internal",
+        "email",
         "role",
         "roles",
         "group",
         "groups",
         "tenant",
+        "tenantid",
+        "claims",
+        "userinfo",
+        "remoteuser",
+        "remoteaddruser",
+        "authuser",
+        "authuserid",
+        "authenticateduser",
+        "authenticateduserid",
+        "authrequestuser",
+        "authrequestemail",
+        "authrequestgroups",
+        "authrequestpreferredusername",
+        "forwardeduser",
+        "forwardedemail",
+        "forwardedgroups",
+        "forwardedpreferredusername",
+        "consumerid",
+        "consumerusername",
+        "consumercustomid",
+        "credentialidentifier",
+        "credentialusername",
+        "msclientprincipal",
+        "msclientprincipalid",
+        "msclientprincipalname",
+        "msclientprincipalidp",
+        "googauthenticateduserid",
+        "googauthenticateduseremail",
+        "amznoidcidentity",
+        "amznoidcdata",
+        # acting for someone else
         "actor",
         "actors",
         "impersonate",
-        "impersonation",
-        "behalf",
-        "email",
-        "account",
-        "consumer",
-        "credential",
-        "claims",
-        "userinfo",
-        "service",
-        "admin",
+        "impersonateuser",
+        "impersonategroup",
+        "onbehalfof",
+        "runas",
         "sudo",
+        # internal status or privilege
+        "internal",
+        "internalcall",
+        "internalrequest",
+        "isinternal",
+        "admin",
+        "isadmin",
     }
 )
 
 
-def normalised(name: bytes) -> str:
-    """A header name as the guard compares it: lowercase, ``_`` read as ``-``."""
-    return name.decode("latin-1").strip().lower().replace("_", "-")
+def compact(name: bytes | str) -> tuple[str, str]:
+    """A header name as the guard compares it: (first word, compact name)."""
+    text = name.decode("latin-1") if isinstance(name, bytes) else name
+    words = [word for word in SEPARATORS.split(text.strip().lower()) if word]
+    if words and words[0] == "x":
+        words = words[1:]
+    joined = "".join(words)
+    if len(words) == 1 and joined.startswith("x") and joined[1:] in IDENTITY_HEADERS:
+        # "XUserId": the x prefix without a separator.
+        joined = joined[1:]
+    return (words[0] if words else ""), joined
 
 
-def claims_identity(name: str) -> bool:
-    """True when a (normalised) header name claims identity or internal status."""
-    if name in IDENTITY_HEADERS or name.startswith(REFUSED_PREFIXES):
-        return True
-    return name.startswith("x-") and not IDENTITY_WORDS.isdisjoint(name.split("-"))
+def claims_identity(name: bytes | str) -> bool:
+    """True when a header name claims identity or internal status."""
+    first, joined = compact(name)
+    return first == NAMESPACE_WORD or joined in IDENTITY_HEADERS
 
 
 class IdentityHeaderGuard:
@@ -96,9 +136,8 @@ class IdentityHeaderGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             for raw_name, _value in scope["headers"]:
-                name = normalised(raw_name)
-                if claims_identity(name):
-                    await _refuse(scope, send, name)
+                if claims_identity(raw_name):
+                    await _refuse(scope, send, raw_name.decode("latin-1"))
                     return
         await self.app(scope, receive, send)
 

@@ -12,7 +12,6 @@ fault (:class:`~edge_api.errors.KeysUnavailable`, answered with 503).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from edge_api.errors import InvalidToken, KeysUnavailable
+from edge_api.untrusted_json import UntrustedJsonError, parse
 
 logger = logging.getLogger(__name__)
 
@@ -182,9 +182,11 @@ class JwksKeys:
         if len(response.content) > MAX_JWKS_BYTES:
             raise KeysUnavailable(f"the key set is over {MAX_JWKS_BYTES} bytes")
         try:
-            document = json.loads(response.content)
-        except ValueError:
-            raise KeysUnavailable("the key set is not JSON") from None
+            document = parse(response.content)
+        except UntrustedJsonError as exc:
+            raise KeysUnavailable(
+                f"the key set is not usable JSON: {exc.reason}"
+            ) from None
         return self._parse(document)
 
     def _parse(self, document: object) -> dict[str, VerificationKey]:
@@ -206,7 +208,8 @@ class JwksKeys:
         try:
             kid = check_kid(entry.get("kid"))
             parsed = jwt.PyJWK(dict(entry))
-        except (InvalidToken, jwt.PyJWTError) as exc:
+        # PyJWK raises TypeError, not a PyJWTError, for an "alg" that is a list.
+        except (InvalidToken, jwt.PyJWTError, TypeError, ValueError) as exc:
             logger.warning("skipping a key of the key set: %s", exc)
             return None
         if kid is None or parsed.algorithm_name not in self._allowed:

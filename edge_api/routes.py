@@ -25,7 +25,8 @@ from pydantic import BaseModel
 
 from contracts import Contract, Mode
 from edge_api.auth import authenticate, authorized
-from edge_api.correlation import correlation_id
+from edge_api.client_headers import command_id, correlation_id, idempotency_key
+from edge_api.json_body import UntrustedJsonRoute
 from edge_api.state import edge_of
 from messaging.errors import (
     BrokerUnavailable,
@@ -44,9 +45,15 @@ logger = logging.getLogger(__name__)
 
 COMMANDS_PATH: Final = "/v1/commands"
 COMMAND_ID: Final = r"^[0-9a-f]{32}$"
+# A service's refusal of the request itself is the client's to read, with the
+# status that says why. Everything else a service answers (a crash, a timeout,
+# a trust check failing between our own services, a service refusing what it
+# published itself) is our fault: 502, with the reason kept in our log.
 REMOTE_STATUS: Final = {
     "Forbidden": status.HTTP_403_FORBIDDEN,
+    "NotFound": status.HTTP_404_NOT_FOUND,
     "SchemaError": status.HTTP_422_UNPROCESSABLE_CONTENT,
+    "Reject": status.HTTP_422_UNPROCESSABLE_CONTENT,
 }
 
 
@@ -79,7 +86,9 @@ def http_contracts(catalogue: Iterable[Contract]) -> list[Contract]:
 
 
 def commands_router(catalogue: Iterable[Contract]) -> APIRouter:
-    router = APIRouter(prefix=COMMANDS_PATH, tags=["commands"])
+    router = APIRouter(
+        prefix=COMMANDS_PATH, tags=["commands"], route_class=UntrustedJsonRoute
+    )
     for contract in http_contracts(catalogue):
         _add_command_route(router, contract)
     router.add_api_route(
@@ -135,7 +144,7 @@ def _add_command_route(router: APIRouter, contract: Contract) -> None:
         code: {"model": Problem} for code in (400, 401, 403, 413, 503)
     }
     if request_mode:
-        responses.update({502: {"model": Problem}, 504: {"model": Problem}})
+        responses.update({code: {"model": Problem} for code in (404, 502, 504)})
     router.add_api_route(
         f"/{contract.name}",
         _endpoint(contract),
@@ -156,10 +165,16 @@ def _endpoint(contract: Contract) -> Callable[..., Awaitable[BaseModel]]:
         payload: BaseModel,
         principal: Principal,
         correlation: Annotated[str | None, Depends(correlation_id)],
+        key: Annotated[str | None, Depends(idempotency_key)],
     ) -> BaseModel:
         if contract.mode is Mode.REQUEST:
             return await _ask(request, contract, payload, principal, correlation)
-        accepted = await _send(request, contract, payload, principal, correlation)
+        message_id = (
+            None if key is None else command_id(principal, contract, payload, key)
+        )
+        accepted = await _send(
+            request, contract, payload, principal, correlation, message_id
+        )
         response.headers["Location"] = accepted.location
         return accepted
 
@@ -185,21 +200,26 @@ async def _send(
     payload: BaseModel,
     principal: Principal,
     correlation: str | None,
+    message_id: str | None,
 ) -> Accepted:
     edge = edge_of(request)
     try:
-        command_id = await edge.gateway.send(
-            contract, payload, principal, correlation_id=correlation
+        sent = await edge.gateway.send(
+            contract,
+            payload,
+            principal,
+            correlation_id=correlation,
+            message_id=message_id,
         )
     except PublishError as exc:
         raise _unavailable(request, contract, exc) from None
-    edge.receipts.record(command_id, contract.name, principal)
-    logger.info("accepted %s %s for %s", contract.name, command_id, principal.subject)
+    edge.receipts.record(sent, contract.name, principal)
+    logger.info("accepted %s %s for %s", contract.name, sent, principal.subject)
     return Accepted(
-        command_id=command_id,
+        command_id=sent,
         command=contract.name,
-        location=f"{COMMANDS_PATH}/{command_id}",
-        correlation_id=correlation or command_id,
+        location=f"{COMMANDS_PATH}/{sent}",
+        correlation_id=correlation or sent,
     )
 
 
@@ -255,7 +275,8 @@ def _unavailable(
     elif isinstance(exc, ConfirmTimeout):
         reason = (
             f"the broker did not confirm {contract.name} in time; it may or may "
-            "not have been taken"
+            "not have been taken (sent again with the same Idempotency-Key, it "
+            "cannot run twice)"
         )
     elif isinstance(exc, BrokerUnavailable):
         reason = "the message broker is unavailable"

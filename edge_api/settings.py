@@ -47,6 +47,10 @@ class EdgeSettings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1, le=16 * 1024 * 1024)
     reply_timeout: float = Field(default=10.0, gt=0, le=120)
     publish_timeout: float = Field(default=5.0, gt=0, le=60)
+    # Seconds between AMQP heartbeats: a broker silent for about three of them
+    # is taken for gone and readiness turns 503 (RabbitMQ's own 60 s would
+    # take three minutes).
+    heartbeat: int = Field(default=10, ge=1, le=60)
     retry_after: int = Field(default=5, ge=1, le=3600)
     receipts_max: int = Field(default=10_000, ge=1)
     receipts_ttl: float = Field(default=3600.0, gt=0)

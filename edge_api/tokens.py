@@ -1,20 +1,21 @@
 """Bearer token verification: from a JWT to a Principal, or a reason it is refused.
 
 Only claims that survived every check become identity. The header is read
-before any key is looked up, and refused when it asks us to fetch or trust key
-material it names itself (``jku``, ``x5u``, ``jwk``, ``x5c``) or demands
-extensions we do not implement (``crit``). The algorithm must be one the
-verifier allows and the one the key was issued for, so a public key can never
-be used as an HMAC secret. Issuer and audience are compared exactly; ``exp``,
-``iat`` and ``sub`` are required, and claim types are checked strictly (a
-boolean is not a timestamp, a number is not a subject). Reasons are short and
-never contain the token.
+before any key is looked up: at most 1024 characters, parsed with no repeated
+keys and no nesting deep enough to crash the parser. It is refused when it asks
+us to fetch or trust key material it names itself (``jku``, ``x5u``, ``jwk``,
+``x5c``) or demands extensions we do not implement (``crit``). The algorithm
+must be one the verifier allows and the one the key was issued for, so a public
+key can never be used as an HMAC secret. Issuer and audience are compared
+exactly; ``exp``, ``iat`` and ``sub`` are required, and claim types are checked
+strictly (a boolean is not a timestamp, a number is not a subject). Reasons are
+short and never contain the token.
 """
 
 from __future__ import annotations
 
 import base64
-import json
+import binascii
 import logging
 import re
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ import jwt
 from edge_api.errors import InvalidToken
 from edge_api.keys import KeySource, check_kid
 from edge_api.settings import EdgeSettings
+from edge_api.untrusted_json import UntrustedJsonError, parse
 from messaging.errors import IdentityError
 from messaging.identity import MAX_ROLES, ROLE_PATTERN, Principal
 
@@ -32,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 EDGE_SERVICE: Final = "edge"
 MAX_TOKEN_BYTES: Final = 8 * 1024
+# A real JOSE header (alg, kid, typ) is under 200 characters; the cap keeps
+# what we parse before any signature check small.
+MAX_HEADER_CHARS: Final = 1024
 FORBIDDEN_HEADERS: Final = ("jku", "x5u", "jwk", "x5c", "crit")
 REQUIRED_CLAIMS: Final = ("exp", "iat", "sub", "iss", "aud")
 TIME_CLAIMS: Final = ("exp", "iat", "nbf")
@@ -103,10 +108,12 @@ class TokenVerifier:
 def _header(token: str) -> dict[str, Any]:
     # Parsed here rather than by PyJWT so that every refusal has our reason,
     # and a header that names a key twice ("alg" twice) is not guessed at.
+    segment = token.split(".", 1)[0]
+    if len(segment) > MAX_HEADER_CHARS:
+        raise InvalidToken(f"the token's header is over {MAX_HEADER_CHARS} characters")
     try:
-        raw = base64.urlsafe_b64decode(_padded(token.split(".", 1)[0]))
-        header = json.loads(raw, object_pairs_hook=_unique_keys)
-    except (ValueError, TypeError):
+        header = parse(base64.urlsafe_b64decode(_padded(segment)))
+    except (UntrustedJsonError, binascii.Error):
         raise InvalidToken("the token's header is not valid JSON") from None
     if not isinstance(header, dict):
         raise InvalidToken("the token's header is not a JSON object")
@@ -115,13 +122,6 @@ def _header(token: str) -> dict[str, Any]:
 
 def _padded(segment: str) -> bytes:
     return (segment + "=" * (-len(segment) % 4)).encode("ascii")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    table = dict(pairs)
-    if len(table) != len(pairs):
-        raise ValueError("a key appears twice")
-    return table
 
 
 def _check_types(claims: Mapping[str, Any]) -> None:

@@ -33,6 +33,17 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 OnConnect = Callable[[AbstractConnection], Awaitable[None]]
 
 
+def cancelled_by_connection() -> bool:
+    """True when the CancelledError being handled comes from a dying connection.
+
+    aiormq fails the pending futures of a connection it closes (a missed
+    heartbeat, a lost socket) with CancelledError, so an await on the broker
+    can raise it in a task nobody cancelled. Such a task is not cancelling.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
+
+
 def broker_user(url: str | SecretStr) -> str:
     """The account name in an AMQP URL (RabbitMQ's default when there is none)."""
     raw = url.get_secret_value() if isinstance(url, SecretStr) else url
@@ -59,6 +70,7 @@ class Link:
         on_connect: OnConnect | None = None,
         connect_timeout: float = 5.0,
         max_backoff: float = 5.0,
+        heartbeat: int | None = None,
     ) -> None:
         self._url = url if isinstance(url, SecretStr) else SecretStr(url)
         self.name = name
@@ -66,6 +78,10 @@ class Link:
         self._on_connect = on_connect
         self._connect_timeout = connect_timeout
         self._max_backoff = max_backoff
+        # Seconds between heartbeats; a peer silent for about three of them is
+        # taken for dead. None keeps the broker's proposal (60 s on RabbitMQ,
+        # so a connection that goes silent is noticed after three minutes).
+        self._heartbeat = heartbeat
         self._connection: AbstractConnection | None = None
         self._lost: asyncio.Event = asyncio.Event()
         self._ready = asyncio.Event()
@@ -80,7 +96,10 @@ class Link:
     @property
     def is_ready(self) -> bool:
         """True while a connection is open and set up."""
-        return self._ready.is_set() and self._connection is not None
+        connection = self._connection
+        return (
+            self._ready.is_set() and connection is not None and not connection.is_closed
+        )
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -119,6 +138,8 @@ class Link:
 
     def mark_lost(self) -> None:
         """Ask for a fresh connection, as when a consumer vanished under us."""
+        # Not ready from now on, not only once the loop has torn it down.
+        self._ready.clear()
         self._lost.set()
 
     async def stop(self) -> None:
@@ -156,6 +177,7 @@ class Link:
             self._url.get_secret_value(),
             timeout=self._connect_timeout,
             client_properties={"connection_name": self.name},
+            heartbeat=self._heartbeat,
         )
         connection.close_callbacks.add(self._on_closed)
         try:
@@ -174,4 +196,4 @@ class Link:
             logger.warning("%s: lost the broker connection, reconnecting", self.name)
 
     def _on_closed(self, _sender: Any, _exc: BaseException | None = None) -> None:
-        self._lost.set()
+        self.mark_lost()

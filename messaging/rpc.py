@@ -6,6 +6,14 @@ name; the handler's return value comes back with ``correlation_id`` equal to the
 request's message id. A reply is matched to the one pending request with that id:
 a reply nobody waits for (late, or forged) is dropped, never handed to another
 caller.
+
+Every step is bounded in time. Setting up the reply queue (which a link's
+``on_connect`` hook can do ahead of the first request, see :meth:`open`) takes
+at most ``setup_timeout``, and sending at most the caller's ``send_timeout``;
+either taking longer means the connection went silent, and the link is asked
+for a fresh one. The reply takes at most ``timeout``. A connection that dies
+under a call, which aiormq reports by failing its pending futures with
+``CancelledError``, is :class:`~messaging.errors.BrokerUnavailable` as well.
 """
 
 from __future__ import annotations
@@ -15,15 +23,22 @@ import contextlib
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 from pydantic import BaseModel, ValidationError
 
 from messaging import headers as h
-from messaging.connection import CONNECTION_ERRORS, Link
+from messaging.connection import CONNECTION_ERRORS, Link, cancelled_by_connection
 from messaging.errors import (
     BrokerUnavailable,
+    ConfirmTimeout,
     RemoteError,
     RemoteFailure,
     RemoteNotFound,
@@ -44,12 +59,19 @@ class Requester:
     """Sends requests and waits for their replies on a private reply queue."""
 
     def __init__(
-        self, link: Link, publisher: Publisher, topology: Topology, *, owner: str
+        self,
+        link: Link,
+        publisher: Publisher,
+        topology: Topology,
+        *,
+        owner: str,
+        setup_timeout: float = 5.0,
     ) -> None:
         self._link = link
         self._publisher = publisher
         self._topology = topology
         self._owner = owner
+        self._setup_timeout = setup_timeout
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._pending: dict[str, asyncio.Future[AbstractIncomingMessage]] = {}
@@ -68,24 +90,39 @@ class Requester:
         reply_model: type[R],
         timeout: float,
         correlation_id: str | None = None,
+        send_timeout: float | None = None,
     ) -> R:
-        """Send a request and return the validated reply, or raise why not."""
-        reply_to = await self._reply_queue()
+        """Send a request and return the validated reply, or raise why not.
+
+        With `send_timeout` (longer than the publisher's confirm deadline),
+        setting up and publishing may take that long; beyond it the connection
+        is taken for dead, the link asked for a fresh one, and ConfirmTimeout
+        raised. The reply then has `timeout` seconds.
+        """
         message_id = new_message_id()
         waiter = asyncio.get_running_loop().create_future()
         self._pending[message_id] = waiter
         try:
-            await self._publisher.publish(
-                self._topology.commands,
-                request_type,
-                message_type=request_type,
-                body=payload,
-                principal=principal,
-                message_id=message_id,
-                correlation_id=correlation_id,
-                reply_to=reply_to,
-                expiration=timeout,
-            )
+            try:
+                async with asyncio.timeout(send_timeout):
+                    reply_to = await self._reply_queue()
+                    await self._publisher.publish(
+                        self._topology.commands,
+                        request_type,
+                        message_type=request_type,
+                        body=payload,
+                        principal=principal,
+                        message_id=message_id,
+                        correlation_id=correlation_id,
+                        reply_to=reply_to,
+                        expiration=timeout,
+                    )
+            except TimeoutError:
+                # Longer than any confirm takes: the connection went silent.
+                self._link.mark_lost()
+                raise ConfirmTimeout(
+                    f"sending {request_type} {message_id} took over {send_timeout}s"
+                ) from None
             try:
                 reply = await asyncio.wait_for(waiter, timeout)
             except TimeoutError:
@@ -105,16 +142,42 @@ class Requester:
             with contextlib.suppress(*CONNECTION_ERRORS):
                 await channel.close()
 
-    async def _reply_queue(self) -> str:
-        async with self._opening:
-            queue, channel = self._queue, self._channel
-            if queue is None or channel is None or channel.is_closed:
-                queue = await self._declare()
-        return queue.name
+    async def open(self, connection: AbstractConnection) -> None:
+        """Set up a fresh reply queue on `connection` now, not at the first request.
 
-    async def _declare(self) -> AbstractQueue:
+        Meant for a link's ``on_connect`` hook, before the link counts as ready.
+        """
+        await self._set_up(lambda: connection, fresh=True)
+
+    async def _reply_queue(self) -> str:
+        return (await self._set_up(lambda: self._link.connection, fresh=False)).name
+
+    async def _set_up(
+        self, connection: Callable[[], AbstractConnection], *, fresh: bool
+    ) -> AbstractQueue:
         try:
-            channel = await self._link.connection.channel(publisher_confirms=False)
+            async with asyncio.timeout(self._setup_timeout):
+                async with self._opening:
+                    queue, channel = self._queue, self._channel
+                    if fresh or queue is None or channel is None or channel.is_closed:
+                        queue = await self._declare(connection())
+                    return queue
+        except TimeoutError:
+            # A broker that cannot open a channel in this time is not there:
+            # a fresh connection notices that sooner than the heartbeat would.
+            self._link.mark_lost()
+            raise BrokerUnavailable(
+                f"setting up the reply queue took over {self._setup_timeout}s"
+            ) from None
+        except asyncio.CancelledError:
+            if not cancelled_by_connection():
+                raise
+            self._link.mark_lost()
+            raise BrokerUnavailable("the connection closed while setting up") from None
+
+    async def _declare(self, connection: AbstractConnection) -> AbstractQueue:
+        try:
+            channel = await connection.channel(publisher_confirms=False)
             name = self._topology.reply_queue(self._owner, uuid.uuid4().hex[:12])
             queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
             await queue.bind(self._topology.replies, routing_key=name)

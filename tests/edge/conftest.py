@@ -8,6 +8,7 @@ app with its lifespan against the shared broker, under the test's own prefix.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -66,6 +67,8 @@ class JwksServer:
 
     def __init__(self) -> None:
         self.document: dict[str, Any] = {"keys": []}
+        # Served instead of the document when set: what no JSON encoder writes.
+        self.raw: bytes | None = None
         self.failing = False
         self.fetches = 0
         self._lock = threading.Lock()
@@ -75,12 +78,12 @@ class JwksServer:
             def do_GET(self) -> None:
                 with server._lock:
                     server.fetches += 1
-                    failing, body = server.failing, json.dumps(server.document)
+                    failing, raw = server.failing, server.raw
+                    payload = raw or json.dumps(server.document).encode()
                 if failing:
                     self.send_response(503)
                     self.end_headers()
                     return
-                payload = body.encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -226,6 +229,18 @@ async def edge(
     """The edge app, started, with a client; `broker` cleans up its exchanges."""
     async for running in run_edge(edge_settings, settings):
         yield running
+
+
+async def wait_ready(client: httpx.AsyncClient, timeout: float = 60.0) -> None:
+    """Poll an edge running in another process until its readiness says 200."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                if (await client.get("/health/ready")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ from edge_api.dev_issuer import DevIssuer
 from edge_api.tokens import TokenVerifier
 from messaging.handlers import Context, HandlerSpec
 from messaging.identity import Principal
-from tests.edge.conftest import StartConsumer, bearer
+from tests.edge.conftest import StartConsumer, bearer, wait_ready
 
 GOAL = {"goal": "run a marathon", "horizon_days": 90}
 
@@ -120,17 +120,6 @@ def edge_process(workdir: Path, amqp_url: str, prefix: str) -> Iterator[str]:
         assert f"listening on http://127.0.0.1:{port}" in output
 
 
-async def wait_ready(client: httpx.AsyncClient) -> None:
-    async with asyncio.timeout(60):
-        while True:
-            try:
-                if (await client.get("/health/ready")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-
-
 @pytest.mark.asyncio
 @pytest.mark.broker
 async def test_the_first_minute_start_mint_submit_handled(
@@ -156,7 +145,7 @@ async def test_the_first_minute_start_mint_submit_handled(
     assert response.status_code == 202
     assert principal.subject == "alice"
     assert principal.roles == {"planner"}
-    assert payload == PlanCreate(**GOAL)
+    assert payload == PlanCreate.model_validate(GOAL)
 
 
 def test_the_dev_key_directory_can_be_chosen(

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from contracts import CATALOGUE, PlanCreate, PlanGet, PlanView
 from edge_api.settings import EdgeSettings
-from messaging.errors import Retry
+from messaging.errors import Forbidden, Reject, Retry
 from messaging.handlers import Context, HandlerSpec
 from messaging.identity import Origin, Principal
 from messaging.settings import BrokerSettings
@@ -23,6 +23,7 @@ from tests.edge.conftest import (
     bearer,
     run_edge,
 )
+from workers.errors import IdentityChanged, NotFound, UndeclaredMessage
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
 
@@ -80,7 +81,7 @@ async def test_an_accepted_command_reaches_the_worker_as_the_token_subject(
     assert response.headers["location"] == f"/v1/commands/{body['command_id']}"
     await seen.wait()
     principal, payload = seen.calls[0]
-    assert payload == PlanCreate(**GOAL)
+    assert payload == PlanCreate.model_validate(GOAL)
     assert principal.subject == "alice"
     assert principal.roles == {"planner", "reader"}
     assert principal.actors == ("edge",)
@@ -191,6 +192,49 @@ async def test_a_refusal_by_the_worker_maps_to_its_http_status(
     assert response.json()["detail"].startswith(f"{error}: ")
 
 
+HIDDEN = "the service could not handle plan.get"
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "detail"),
+    [
+        (NotFound("no plan 'p-1'"), 404, "NotFound: no plan 'p-1'"),
+        (Forbidden("not alice's"), 403, "Forbidden: not alice's"),
+        (Reject("p-1 is archived"), 422, "Reject: p-1 is archived"),
+        (ValueError("a bug"), 502, HIDDEN),
+        (UndeclaredMessage("core published t.secret"), 502, HIDDEN),
+        (IdentityChanged("handler swapped the subject"), 502, HIDDEN),
+    ],
+    ids=[
+        "NotFound",
+        "Forbidden",
+        "Reject",
+        "ValueError",
+        "UndeclaredMessage",
+        "IdentityChanged",
+    ],
+)
+async def test_a_refusal_of_the_request_is_a_4xx_and_a_failure_of_ours_a_502(
+    edge: RunningEdge,
+    idp: IdentityProvider,
+    start_consumer: StartConsumer,
+    raised: Exception,
+    status: int,
+    detail: str,
+) -> None:
+    async def handler(context: Context, payload: PlanGet) -> PlanView:
+        raise raised
+
+    await start_consumer("planner", [HandlerSpec("plan.get", PlanGet, handler)])
+
+    response = await edge.client.post(
+        "/v1/commands/plan.get", json={"plan_id": "p-1"}, headers=bearer(idp.token())
+    )
+
+    assert response.status_code == status
+    assert response.json() == {"detail": detail}
+
+
 async def test_a_failing_worker_is_a_bad_gateway_that_keeps_its_reason_inside(
     edge: RunningEdge,
     idp: IdentityProvider,
@@ -287,6 +331,8 @@ async def test_openapi_documents_every_http_command_with_bearer_security(
         assert operation["security"] == [{"bearer": []}]
         schema = operation["requestBody"]["content"]["application/json"]["schema"]
         assert schema["$ref"].endswith(CATALOGUE[name].payload.__name__)
+        headers = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
+        assert headers == {"X-Correlation-Id", "Idempotency-Key"}
     scheme = openapi["components"]["securitySchemes"]["bearer"]
     assert scheme == {
         "type": "http",

@@ -10,7 +10,14 @@ import pytest
 from edge_api.settings import EdgeSettings
 from messaging.settings import BrokerSettings
 from tests.conftest import Broker
-from tests.edge.conftest import IdentityProvider, RunningEdge, Spy, bearer, run_edge
+from tests.edge.conftest import (
+    IdentityProvider,
+    RunningEdge,
+    Spy,
+    b64,
+    bearer,
+    run_edge,
+)
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
 
@@ -47,6 +54,27 @@ async def test_a_bad_authorization_header_is_401_invalid_token(
     assert response.headers["www-authenticate"] == (
         f'Bearer realm="baton", error="invalid_token", error_description="{reason}"'
     )
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"[" * 1000, b'{"a":' * 1000],
+    ids=["deep-array", "deep-object"],
+)
+async def test_a_deeply_nested_token_header_is_401_not_500(
+    edge: RunningEdge, spy: Spy, idp: IdentityProvider, header: bytes
+) -> None:
+    token = b64(header) + ".e30.c2ln"
+
+    response = await edge.client.post(CREATE, json=GOAL, headers=bearer(token))
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith(
+        'Bearer realm="baton", error="invalid_token"'
+    )
+    good = await edge.client.post(CREATE, json=GOAL, headers=bearer(idp.token()))
+    assert good.status_code == 202
+    await spy.take(1)
 
 
 async def test_an_expired_token_is_401_and_never_logged(

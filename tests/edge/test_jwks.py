@@ -14,7 +14,7 @@ from edge_api.errors import InvalidToken, KeysUnavailable
 from edge_api.keys import JwksKeys
 from edge_api.settings import EdgeSettings
 from edge_api.tokens import TokenVerifier
-from tests.edge.conftest import IdentityProvider, new_key
+from tests.edge.conftest import IdentityProvider, b64, forge_hs256, new_key
 
 pytestmark = pytest.mark.asyncio
 
@@ -191,16 +191,69 @@ async def test_a_key_set_with_no_usable_key_is_keys_unavailable(
         await verifier.principal(idp.token())
 
 
-async def test_a_symmetric_key_in_the_key_set_is_never_used(
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 50_000, b'{"keys": ' + b"[" * 50_000, b'{"keys": [], "keys": []}'],
+    ids=["deep-array", "deep-keys", "repeated-keys"],
+)
+async def test_a_hostile_key_set_document_is_keys_unavailable(
+    make_verifier: MakeVerifier, idp: IdentityProvider, body: bytes
+) -> None:
+    idp.server.raw = body
+    verifier = make_verifier()
+
+    with pytest.raises(KeysUnavailable) as caught:
+        await verifier.principal(idp.token())
+
+    assert "the key set is not usable JSON" in str(caught.value)
+
+
+async def test_a_key_set_entry_with_odd_types_is_skipped_and_the_good_key_used(
     make_verifier: MakeVerifier, idp: IdentityProvider
 ) -> None:
-    from tests.edge.conftest import forge_hs256
-
-    secret = b"attacker-chosen-secret-attacker-chosen"
-    hmac_jwk = {"kty": "oct", "k": "", "kid": "hmac", "alg": "HS256", "use": "sig"}
-    idp.server.document = {"keys": [idp.key.public_jwk(), hmac_jwk]}
+    odd = [
+        {**idp.key.public_jwk(), "kid": "listed-alg", "alg": ["ES256"]},
+        {**idp.key.public_jwk(), "kid": "table-alg", "alg": {"ES256": 1}},
+        {"kty": ["EC"], "kid": "listed-kty"},
+        "not-a-key",
+    ]
+    idp.server.document = {"keys": [*odd, idp.key.public_jwk()]}
     verifier = make_verifier()
-    token = forge_hs256({"alg": "HS256", "kid": "hmac"}, idp.claims(), secret)
 
+    principal = await verifier.principal(idp.token())
+    forged = idp.sign(key=idp.key, headers={"kid": "listed-alg"})
+
+    assert principal.subject == "alice"
     with pytest.raises(InvalidToken):
-        await verifier.principal(token)
+        await verifier.principal(forged)
+
+
+async def test_a_symmetric_key_in_the_key_set_is_never_used(
+    edge_settings: EdgeSettings, idp: IdentityProvider
+) -> None:
+    # The settings refuse HS256 beside a JWKS URL, so the verifier's allow-list
+    # stops such a token first. Here that list is wrong on purpose (model_copy
+    # skips validation), to show the key set itself never yields an HMAC key:
+    # an issuer that publishes one has published its secret.
+    secret = b"attacker-chosen-secret-attacker-chosen"
+    hmac_jwk = {"kty": "oct", "k": b64(secret), "kid": "hmac", "alg": "HS256"}
+    idp.server.document = {"keys": [idp.key.public_jwk(), {**hmac_jwk, "use": "sig"}]}
+    careless = edge_settings.model_copy(update={"algorithms": ("ES256", "HS256")})
+    keys = JwksKeys(
+        idp.server.url,
+        algorithms=careless.algorithms,
+        timeout=1.0,
+        cache_ttl=300,
+        refresh_cooldown=30,
+    )
+    verifier = TokenVerifier(careless, keys)
+    token = forge_hs256({"alg": "HS256", "kid": "hmac"}, idp.claims(), secret)
+    try:
+        with pytest.raises(InvalidToken) as caught:
+            await verifier.principal(token)
+        good = await verifier.principal(idp.token("bob"))
+    finally:
+        await keys.aclose()
+
+    assert caught.value.reason == "the token's kid names no key we trust"
+    assert good.subject == "bob"

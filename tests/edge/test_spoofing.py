@@ -10,14 +10,25 @@ from __future__ import annotations
 import json
 
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
 
 from messaging import headers as h
+from messaging.identity import Principal, decode_principal
 from tests.edge.conftest import IdentityProvider, RunningEdge, Spy, bearer
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
 
 GOAL = {"goal": "run a marathon", "horizon_days": 90}
 CREATE = "/v1/commands/plan.create"
+
+
+# What the token says (sub alice, roles planner), and nothing any client wrote.
+ALICE_AT_THE_WORKER = Principal.user("alice", ["planner"], entered_by="edge")
+
+
+def seen_by_a_worker(message: AbstractIncomingMessage) -> Principal:
+    """The principal a worker rebuilds from the message, as its consumer does."""
+    return decode_principal(message.headers)
 
 
 async def only_the_good_command_arrives(
@@ -27,7 +38,7 @@ async def only_the_good_command_arrives(
     assert good.status_code == 202
     [message] = await spy.take(1)
     assert message.message_id == good.json()["command_id"]
-    assert (message.headers or {})[h.SUBJECT] == "alice"
+    assert seen_by_a_worker(message) == ALICE_AT_THE_WORKER
 
 
 @pytest.mark.parametrize(
@@ -55,6 +66,19 @@ async def only_the_good_command_arrives(
         "BATON_ROLES",
         "baton-anything-else",
         "X-Baton-Subject",
+        "X-InternalCall",
+        "X.User.Id",
+        "x.internal_call",
+        "User-Id",
+        "USER_ID",
+        "Internal-Call",
+        "XUserId",
+        "X--User--Id",
+        "X-Consumer-Username",
+        "X-MS-CLIENT-PRINCIPAL-NAME",
+        "X-Goog-Authenticated-User-Email",
+        "X-Amzn-Oidc-Identity",
+        "X-Admin",
     ],
 )
 async def test_a_header_claiming_identity_is_refused_and_nothing_is_sent(
@@ -67,6 +91,32 @@ async def test_a_header_claiming_identity_is_refused_and_nothing_is_sent(
     assert response.status_code == 400
     assert "identity comes only from the token" in response.json()["detail"]
     await only_the_good_command_arrives(edge, idp, spy)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "X-User-Agent",
+        "User-Agent",
+        "X-Forwarded-For",
+        "X-Internal-Trace",
+        "X-Subscription",
+        "X-Userid-Hash",
+        "Batonic",
+        "X-Rolesync",
+    ],
+)
+async def test_a_header_that_only_resembles_an_identity_header_is_ignored(
+    edge: RunningEdge, idp: IdentityProvider, spy: Spy, name: str
+) -> None:
+    headers = {**bearer(idp.token("alice")), name: "mallory"}
+
+    response = await edge.client.post(CREATE, json=GOAL, headers=headers)
+
+    assert response.status_code == 202
+    [message] = await spy.take(1)
+    assert seen_by_a_worker(message) == ALICE_AT_THE_WORKER
+    assert "mallory" not in repr(message.headers)
 
 
 async def test_a_repeated_spoofing_header_hidden_among_allowed_ones_is_refused(
@@ -105,6 +155,22 @@ async def test_a_body_carrying_identity_fields_is_refused(
     await only_the_good_command_arrives(edge, idp, spy)
 
 
+@pytest.mark.parametrize("subject", ["bob", "alice"])
+async def test_a_profile_request_naming_any_user_is_refused_and_nothing_is_sent(
+    edge: RunningEdge, idp: IdentityProvider, spy: Spy, subject: str
+) -> None:
+    response = await edge.client.post(
+        "/v1/commands/profile.get",
+        json={"subject": subject},
+        headers=bearer(idp.token("alice")),
+    )
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert (error["type"], error["loc"]) == ("extra_forbidden", ["body", "subject"])
+    await only_the_good_command_arrives(edge, idp, spy)
+
+
 async def test_only_the_token_identity_and_no_client_header_reaches_the_broker(
     edge: RunningEdge, idp: IdentityProvider, spy: Spy
 ) -> None:
@@ -127,6 +193,7 @@ async def test_only_the_token_identity_and_no_client_header_reaches_the_broker(
     assert table[h.ACTORS] == ["edge"]
     assert table[h.INTERNAL] is False
     assert all(key.startswith(h.NAMESPACE) for key in table)
+    assert seen_by_a_worker(message) == ALICE_AT_THE_WORKER
     assert "mallory" not in repr(table)
     signature = token.rsplit(".", 1)[1]
     assert signature not in repr(table) and signature.encode() not in message.body

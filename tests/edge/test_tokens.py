@@ -160,14 +160,49 @@ async def test_roles_come_from_the_configured_claim(
     assert principal.roles == {"planner"}
 
 
+@pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE"])
 async def test_alg_none_is_refused(
-    verifier: TokenVerifier, idp: IdentityProvider
+    verifier: TokenVerifier, idp: IdentityProvider, alg: str
 ) -> None:
-    header = {"alg": "none", "typ": "JWT", "kid": idp.key.kid}
+    header = {"alg": alg, "typ": "JWT", "kid": idp.key.kid}
 
-    assert await refused(verifier, forge(header, idp.claims(), b"")) != ""
-    reason = await refused(verifier, forge(header, idp.claims(), b"x"))
-    assert reason == "the token's algorithm is not accepted"
+    unsigned = await refused(verifier, forge(header, idp.claims(), b""))
+    with_signature = await refused(verifier, forge(header, idp.claims(), b"x"))
+
+    # With no signature the token is not even a JWS; with one, "none" is no
+    # algorithm we accept. Neither gets near a key.
+    assert unsigned == "the token is not a compact JWS"
+    assert with_signature == "the token's algorithm is not accepted"
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"exp": -20, "iat": -100}, None),
+        ({"exp": -40, "iat": -100}, "the token has expired"),
+        ({"iat": 20}, None),
+        ({"iat": 40}, "the token is not valid yet"),
+        ({"nbf": 20}, None),
+        ({"nbf": 40}, "the token is not valid yet"),
+    ],
+    ids=["expired-20s", "expired-40s", "iat+20s", "iat+40s", "nbf+20s", "nbf+40s"],
+)
+async def test_the_leeway_forgives_clock_skew_up_to_its_bound_and_no_further(
+    verifier: TokenVerifier,
+    idp: IdentityProvider,
+    edge_settings: EdgeSettings,
+    claims: dict[str, int],
+    reason: str | None,
+) -> None:
+    assert edge_settings.leeway == 30
+    now = int(time.time())
+    times: dict[str, Any] = {name: now + offset for name, offset in claims.items()}
+    token = idp.token(**times)
+
+    if reason is None:
+        assert (await verifier.principal(token)).subject == "alice"
+    else:
+        assert await refused(verifier, token) == reason
 
 
 async def test_an_hs256_token_signed_with_the_public_key_is_refused(
@@ -316,7 +351,15 @@ async def test_hs256_works_only_when_configured_alone(idp: IdentityProvider) -> 
 
 @pytest.mark.parametrize(
     "payload",
-    [b"[]", b"not json", b'"alice"', b'{"sub": "alice", "exp": 1e400}', b"null"],
+    [
+        b"[]",
+        b"not json",
+        b'"alice"',
+        b'{"sub": "alice", "exp": 1e400}',
+        b"null",
+        b"[" * 5000,
+    ],
+    ids=["array", "text", "string", "huge-exp", "null", "deep"],
 )
 async def test_a_validly_signed_payload_that_is_no_claims_object_is_refused(
     verifier: TokenVerifier, idp: IdentityProvider, payload: bytes

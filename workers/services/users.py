@@ -12,7 +12,6 @@ from contracts import (
     ProfileUpdateIntent,
     ProfileView,
 )
-from messaging.errors import Forbidden
 from workers.context import ServiceContext
 from workers.inbox import SqliteStore
 from workers.service import Service
@@ -64,12 +63,7 @@ def users_service(store: ProfileStore) -> Service:
 
     @users.handles(PROFILE_GET)
     async def get(ctx: ServiceContext, request: ProfileGet) -> ProfileView:
-        subject = ctx.principal.subject
-        if request.subject is not None and request.subject != subject:
-            raise Forbidden(
-                f"{subject!r} asked for the profile of {request.subject!r}: "
-                "a profile is answered only for its own user"
-            )
-        return await store.profile(subject)
+        # ProfileGet names nobody: the profile is always the acting user's.
+        return await store.profile(ctx.principal.subject)
 
     return users
