@@ -325,10 +325,18 @@ async def publish_as(
 
 
 async def parked(
-    deployment: Deployment, service: str, expect: int, *, kind: str = "quarantine"
+    deployment: Deployment,
+    service: str,
+    expect: int,
+    *,
+    kind: str = "quarantine",
+    quiet: float = 0.5,
 ) -> list[tuple[str, str, str]]:
-    """Wait for `expect` messages in a service's quarantine (or dead) queue.
+    """Take what arrives in a service's quarantine (or dead) queue.
 
+    Waits up to 10 s for `expect` messages, then keeps taking for `quiet`
+    seconds more, so that a message beyond those expected is returned too and
+    "nothing was parked" (`expect` 0) means nothing arrived in that time.
     Returns (message id, failure code, reason) of each, in arrival order.
     """
     connection = await deployment.connect(None)
@@ -338,7 +346,10 @@ async def parked(
     taken: list[tuple[str, str, str]] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10.0
-    while len(taken) < expect and loop.time() < deadline:
+    quiet_until: float | None = None
+    while loop.time() < (quiet_until or deadline):
+        if quiet_until is None and len(taken) >= expect:
+            quiet_until = loop.time() + quiet
         message = await queue.get(fail=False)
         if message is None:
             await asyncio.sleep(0.05)

@@ -16,14 +16,17 @@ from messaging.errors import (
     SigningConfigError,
     UnprovenPrincipal,
 )
-from messaging.identity import Origin, Principal, encode_principal
+from messaging.identity import Origin, Principal, PrincipalKind, encode_principal
 from messaging.signing import (
+    ASSERTION_VERSION,
     Destination,
     KeyRing,
+    OriginAssertion,
     SeenMessages,
     Signer,
     SigningKey,
     Verifier,
+    _seal,
     carrying,
 )
 
@@ -262,12 +265,34 @@ def test_a_service_may_vouch_only_for_itself(clock: Clock) -> None:
     core_key = SigningKey.generate("core")
     verifier = make_verifier(clock, core_key)
     itself = Principal.service("core", ["maintenance"], origin=Origin.SCHEDULE)
-    headers = sign(core_key, clock, itself)
+    verify(verifier, sign(core_key, clock, itself), publisher="core", principal=itself)
 
-    verify(verifier, headers, publisher="core", principal=itself)
-    headers[h.ORIGIN_ASSERTION] = reseal(headers[h.ORIGIN_ASSERTION], sub="users")
-    with pytest.raises(InvalidSignature):
-        verify(verifier, headers, publisher="core", principal=itself, mid="m1")
+    # core's own key, honestly used, vouching for another service.
+    users = Principal.service("users", ["maintenance"], origin=Origin.SCHEDULE)
+    claims = {
+        "v": ASSERTION_VERSION,
+        "iss": "core",
+        "sub": "users",
+        "kind": "service",
+        "roles": ["maintenance"],
+        "tenant": None,
+        "iat": clock.now,
+        "exp": clock.now + 60,
+    }
+    vouched = OriginAssertion(
+        "users",
+        PrincipalKind.SERVICE,
+        frozenset({"maintenance"}),
+        None,
+        "core",
+        clock.now + 60,
+        _seal(claims, core_key),
+    )
+    with carrying(vouched):
+        headers = sign(core_key, clock, users, mid="m2")
+
+    with pytest.raises(UnprovenPrincipal, match="may only vouch for itself"):
+        verify(verifier, headers, publisher="core", principal=users, mid="m2")
 
 
 def test_an_assertion_valid_for_too_long_is_refused(
