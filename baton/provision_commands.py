@@ -145,7 +145,8 @@ def run_provision(args: argparse.Namespace) -> int:
     )
     try:
         declared = load_declarations(args.declarations)
-        grants = plan(replace(settings.topology(), prefix=prefix), declared, accounts)
+        topology = replace(settings.topology(), prefix=prefix)
+        grants = plan(topology, declared, accounts)
         if args.show:
             _show(grants)
             return 0
@@ -158,13 +159,13 @@ def run_provision(args: argparse.Namespace) -> int:
                     args.operator, args.passwords_dir
                 )
             document = definitions(
-                args.vhost, grants, passwords, operator=args.operator
+                args.vhost, topology, grants, passwords, operator=args.operator
             )
             _write_secret(args.export, json.dumps(document, indent=2) + "\n")
             print(f"wrote definitions for {len(grants)} accounts to {args.export}")
             return 0
         with Management(_management_url(settings)) as management:
-            management.apply(args.vhost, grants, passwords)
+            management.apply(args.vhost, topology, grants, passwords)
     except TrustConfigError as exc:
         print(f"baton provision: {exc}", file=sys.stderr)
         return 1

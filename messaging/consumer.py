@@ -337,7 +337,7 @@ class Consumer:
             )
             await self._forward(
                 message,
-                self.topology.retry,
+                self.topology.retry_exchange(self.service),
                 self.topology.retry_queue(self.service, delay),
                 {
                     h.ATTEMPT: context.attempt + 1,
@@ -355,7 +355,7 @@ class Consumer:
             logger.error("dead-lettering: handler failed", exc_info=exc)
         await self._forward(
             message,
-            self.topology.dead,
+            self.topology.dead_exchange(self.service),
             self.service,
             self._failure_headers(message, type(exc).__name__, reason),
         )
@@ -374,7 +374,7 @@ class Consumer:
             await self._reply_error_raw(message, exc)
         await self._forward(
             message,
-            self.topology.quarantine,
+            self.topology.quarantine_exchange(self.service),
             self.service,
             self._failure_headers(message, exc.code, str(exc)),
         )
@@ -392,13 +392,13 @@ class Consumer:
     def _origin(self, message: AbstractIncomingMessage) -> dict[str, str]:
         """Where the message was first published, also after a trip through retry.
 
-        A retried message comes back through ``redeliver``; the exchange and
+        A retried message comes back through our ``redeliver``; the exchange and
         routing key it was first sent to travel in our transport headers.
         """
         exchange, routing_key = message.exchange or "", message.routing_key or ""
         table = message.headers or {}
         first = table.get(h.ORIGINAL_EXCHANGE), table.get(h.ORIGINAL_ROUTING_KEY)
-        if exchange == self.topology.redeliver and all(
+        if exchange == self.topology.redeliver_exchange(self.service) and all(
             type(value) is str for value in first
         ):
             exchange, routing_key = str(first[0]), str(first[1])
@@ -477,9 +477,13 @@ class Consumer:
     async def _send_reply(
         self, message: AbstractIncomingMessage, body: bytes, headers: dict[str, Any]
     ) -> None:
+        exchange = self.topology.reply_exchange_for(message.reply_to or "")
+        if exchange is None:
+            logger.warning("not replying to %r: no reply queue", message.reply_to)
+            return
         try:
             await self.publisher.publish(
-                self.topology.replies,
+                exchange,
                 message.reply_to or "",
                 message_type=f"{message.type}.reply",
                 body=body,

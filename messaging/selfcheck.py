@@ -72,7 +72,7 @@ def verify_startup(
         return policy, signer
 
     accounts = Accounts(settings.account_prefix)
-    expected = grant_for(settings.topology(), own, accounts)
+    expected = grant_for(settings.topology(), own, accounts, declared=declared)
     try:
         with Management(settings.management_url.get_secret_value()) as management:
             actual = read_grant(

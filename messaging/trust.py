@@ -11,9 +11,10 @@ a :class:`TrustPolicy` therefore refuses, into quarantine:
   refuses: a missing, forged, expired, replayed or moved assertion, or a principal
   no introducer vouched for.
 
-Our own retries come back through the ``redeliver`` exchange published by our own
-account; only then is the ``baton-original-publisher`` header believed, because no
-other account can get a message into that path under our name.
+Our own retries come back through our own ``redeliver`` exchange, published by our
+own account; only then is the ``baton-original-publisher`` header believed: the
+broker lets no other account write to that exchange, and the consumer checks the
+account as well.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class TrustPolicy:
         if not account:
             raise UntrustedPublisher("the message has no user_id")
         publisher = self._service_of(account)
-        if message.exchange != self.topology.redeliver:
+        if message.exchange != self.topology.redeliver_exchange(self.service):
             destination = Destination(
                 message.exchange or "", message.routing_key or "", message.type or ""
             )

@@ -35,6 +35,7 @@ from messaging.publisher import Publisher
 from messaging.selfcheck import verify_startup
 from messaging.settings import BrokerSettings
 from messaging.signing import KeyRing, SigningKey
+from messaging.topology import Topology
 from messaging.trust import Accounts
 from tests.trust.services import Order, declarations
 
@@ -102,6 +103,10 @@ class Deployment:
 
     def ring(self) -> KeyRing:
         return KeyRing.load(self.keyring)
+
+    @property
+    def topology(self) -> Topology:
+        return self.settings("edge").topology()
 
     def settings(self, service: str, **overrides: Any) -> BrokerSettings:
         values: dict[str, Any] = {

@@ -1,7 +1,7 @@
 """The services the trust tests provision and run: an entry point and two workers.
 
-    edge   introduces users; sends order.place and order.cancel
-    core   handles both commands and audit.flag; emits the event order.placed
+    edge   introduces users; sends order.place and order.cancel, asks order.status
+    core   handles those three and audit.flag; emits the event order.placed
     audit  handles order.placed; may only send audit.flag
 
 The handlers here do nothing; a test builds the same declarations around handlers
@@ -24,6 +24,7 @@ PLACE = "order.place"
 CANCEL = "order.cancel"
 PLACED = "order.placed"
 FLAG = "audit.flag"
+STATUS = "order.status"
 
 
 class Order(BaseModel):
@@ -54,6 +55,7 @@ def declarations(handler: Handler = _ignore) -> list[ServiceDeclaration]:
         ServiceDeclaration(
             name="edge",
             emits=frozenset({Emit(Route.COMMAND, PLACE), Emit(Route.COMMAND, CANCEL)}),
+            requests=frozenset({STATUS}),
             introduces_users=True,
         ),
         ServiceDeclaration(
@@ -61,6 +63,7 @@ def declarations(handler: Handler = _ignore) -> list[ServiceDeclaration]:
             handlers=(
                 spec("core", PLACE, Route.COMMAND),
                 spec("core", CANCEL, Route.COMMAND),
+                spec("core", STATUS, Route.COMMAND),
                 spec("core", FLAG, Route.COMMAND),
             ),
             emits=frozenset({Emit(Route.EVENT, PLACED)}),

@@ -148,12 +148,11 @@ async def test_exported_definitions_load_into_the_broker_and_the_accounts_log_in
 ) -> None:
     # The same plan, exported for a boot-time load into a vhost of its own.
     accounts = Accounts(f"{deployment.accounts.prefix}x-")
-    grants = plan(
-        BrokerSettings(prefix=deployment.prefix).topology(), DECLARATIONS, accounts
-    )
+    topology = BrokerSettings(prefix=deployment.prefix).topology()
+    grants = plan(topology, DECLARATIONS, accounts)
     passwords = {grant.user: f"pw-{grant.user}" for grant in grants}
     vhost = f"{deployment.vhost}-boot"
-    document = definitions(vhost, grants, passwords)
+    document = definitions(vhost, topology, grants, passwords)
     try:
         management.load_definitions(document)
         user = accounts.of("core")
@@ -166,8 +165,17 @@ async def test_exported_definitions_load_into_the_broker_and_the_accounts_log_in
             virtualhost=vhost,
         )
         await connection.close()
+        shared = {
+            name: management.get(f"/api/exchanges/{quote(vhost, safe='')}/{name}")
+            for name in topology.exchanges()
+        }
     finally:
         management.remove(vhost, passwords)
+
+    assert {name: e["type"] for name, e in shared.items()} == {
+        topology.commands: "topic",
+        topology.events: "topic",
+    }
 
     assert {u["name"] for u in document["users"]} == set(passwords)
     assert "guest" not in json.dumps(document["users"])
@@ -180,10 +188,11 @@ async def test_exported_definitions_load_into_the_broker_and_the_accounts_log_in
 
 
 def test_exporting_without_a_password_is_refused() -> None:
-    grants = plan(BrokerSettings().topology(), DECLARATIONS)
+    topology = BrokerSettings().topology()
+    grants = plan(topology, DECLARATIONS)
 
     with pytest.raises(TrustConfigError, match="no password"):
-        definitions("/", grants, {})
+        definitions("/", topology, grants, {})
 
 
 def test_provision_check_exclusive_names_accounts_outside_the_plan(
