@@ -55,7 +55,7 @@ from messaging.rpc import Requester
 from messaging.settings import BrokerSettings
 from messaging.signing import OriginAssertion, Signer, carrying
 from messaging.topology import Binding, Topology, supports_quorum
-from messaging.trust import TrustPolicy
+from messaging.trust import TRUST_REFUSALS, TrustPolicy
 
 logger = logging.getLogger(__name__)
 security_log = logging.getLogger("baton.security")
@@ -370,7 +370,11 @@ class Consumer:
             exc.code,
             exc,
         )
-        if message.reply_to and not isinstance(exc, IdentityError):
+        if (
+            message.reply_to
+            and not isinstance(exc, IdentityError)
+            and not isinstance(exc, TRUST_REFUSALS)
+        ):
             await self._reply_error_raw(message, exc)
         await self._forward(
             message,
@@ -436,6 +440,10 @@ class Consumer:
                 "ack lost with the channel, the broker will redeliver: %s", exc
             )
             return
+        if self.trust is not None and not requeue:
+            # Settled, whatever the outcome: a copy of this delivery that comes
+            # again, even flagged redelivered, is a replay.
+            self.trust.settled(message)
         if self._probation and not requeue:
             self._probation -= 1
             if self._probation == 0:

@@ -75,13 +75,22 @@ class Publisher:
     ) -> str:
         """Publish and wait for the broker's confirm; returns the message id."""
         message_id = message_id or new_message_id()
+        correlation_id = correlation_id or message_id
         table: dict[str, Any] = dict(headers or {})
         if principal is not None:
             table.update(encode_principal(principal))
         payload = body if isinstance(body, bytes) else body.model_dump_json().encode()
         if self.signer is not None:
             destination = Destination(exchange, routing_key, message_type)
-            table.update(self.signer.sign(destination, message_id, payload, principal))
+            signature = self.signer.sign(
+                destination,
+                message_id,
+                payload,
+                principal,
+                correlation_id=correlation_id,
+                reply_to=reply_to or "",
+            )
+            table.update(signature)
 
         message = aio_pika.Message(
             payload,
@@ -89,7 +98,7 @@ class Publisher:
             content_type=h.CONTENT_TYPE,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message_id,
-            correlation_id=correlation_id or message_id,
+            correlation_id=correlation_id,
             timestamp=datetime.now(UTC),
             type=message_type,
             user_id=self._link.user,

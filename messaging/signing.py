@@ -4,14 +4,16 @@ A broker account proves which connection published a message, but not that the
 identity headers are the ones that service wrote for this body on this route. The
 publishing service therefore signs an *assertion* (Ed25519) that binds together:
 
-    the message id, a SHA-256 of the exact body bytes, the exchange, the routing key,
-    the message type, a digest of the identity headers, the issue time and an expiry.
+    the message id, the correlation id and reply_to, a SHA-256 of the exact body
+    bytes, the exchange, the routing key, the message type, a digest of the
+    identity headers, the issue time and an expiry.
 
 A consumer verifies it with the publisher's public key (a key ring: key id ->
-service and key) before it trusts anything else. Replaying the same message id
-within its expiry is caught by a cache of seen ids; after expiry the assertion is
-refused outright. Moving a valid assertion onto another body or route breaks the
-body hash or the route it names.
+service and key) before it trusts anything else. Replaying a delivery within its
+expiry is caught by a cache of the deliveries admitted and settled, by publisher,
+message id and attempt; after expiry the assertion is refused outright. Moving a
+valid assertion onto another body or route, or pointing its reply elsewhere,
+breaks the body hash or the property it names.
 
 A second assertion, the *origin*, says who the work is for. Only an entry point
 (a declaration with ``introduces_users``) may sign one for a user; a service may
@@ -47,6 +49,7 @@ from messaging.identity import Principal, PrincipalKind, encode_principal
 from messaging.keyring import KeyRing, RingKey, SigningKey, b64, unb64
 
 __all__ = [
+    "Delivery",
     "Destination",
     "KeyRing",
     "OriginAssertion",
@@ -60,7 +63,8 @@ __all__ = [
     "identity_digest",
 ]
 
-ASSERTION_VERSION: Final = 1
+# 2: the message assertion binds the correlation id and reply_to too.
+ASSERTION_VERSION: Final = 2
 MAX_TOKEN_CHARS: Final = 4096
 # Clocks of two hosts disagree a little; an assertion issued this far in the
 # future is still accepted.
@@ -101,6 +105,25 @@ class Destination:
     exchange: str
     routing_key: str
     message_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One delivery as a verifier sees it: what its signature must bind, and how
+    it came (the publisher and attempt are established by the trust policy)."""
+
+    publisher: str
+    route: Destination
+    message_id: str
+    correlation_id: str
+    reply_to: str
+    body: bytes
+    attempt: int = 0
+    redelivered: bool = False
+
+    @property
+    def replay_key(self) -> ReplayKey:
+        return (self.publisher, self.message_id, self.attempt)
 
 
 _carried: ContextVar[OriginAssertion | None] = ContextVar(
@@ -150,14 +173,23 @@ class Signer:
         message_id: str,
         body: bytes,
         principal: Principal | None,
+        *,
+        correlation_id: str = "",
+        reply_to: str = "",
     ) -> dict[str, str]:
-        """The signature headers for one message (and its origin, given a principal)."""
+        """The signature headers for one message (and its origin, given a principal).
+
+        `correlation_id` and `reply_to` are the AMQP properties the message is
+        published with ('' when it has none).
+        """
         now = self._clock()
         signed: dict[str, str] = {}
         claims: dict[str, Any] = {
             "v": ASSERTION_VERSION,
             "iss": self.service,
             "mid": message_id,
+            "cid": correlation_id,
+            "rt": reply_to,
             "body": _sha256(body),
             "ex": route.exchange,
             "rk": route.routing_key,
@@ -201,36 +233,61 @@ class Signer:
         return _seal(claims, self.key)
 
 
+ReplayKey = tuple[str, str, int]
+
+
+@dataclass(slots=True)
+class _Seen:
+    expires_at: float
+    settled: bool = False
+
+
 class SeenMessages:
-    """Message ids already admitted, kept until their assertion expires."""
+    """Deliveries admitted and whether they were settled, until their expiry.
+
+    A delivery is known by (publisher, message id, attempt): ids are chosen by
+    their publisher, so one publisher's ids never shadow another's, and each of
+    our own retries is a new attempt of the same message. Once a delivery was
+    settled (handled, or moved on to retry, dead or quarantine) the same key is a
+    replay, however the broker flags it; before that, only the broker's own
+    redelivery (``redelivered``, after a lost channel) may repeat it.
+    """
 
     def __init__(self, capacity: int = 100_000) -> None:
-        self._expiry: OrderedDict[str, float] = OrderedDict()
+        self._seen: OrderedDict[ReplayKey, _Seen] = OrderedDict()
         self._capacity = capacity
 
     def __len__(self) -> int:
-        return len(self._expiry)
+        return len(self._seen)
 
-    def admit(self, message_id: str, expires_at: float, now: float) -> bool:
-        """Record `message_id`; False when it was already seen and not yet expired."""
+    def admit(
+        self, key: ReplayKey, expires_at: float, now: float, *, redelivered: bool
+    ) -> bool:
+        """Record `key`; False when it is a replay of a delivery not yet expired."""
         self._forget_expired(now)
-        seen = self._expiry.get(message_id)
-        if seen is not None and seen >= now:
-            return False
-        self._expiry[message_id] = expires_at
-        self._expiry.move_to_end(message_id)
-        while len(self._expiry) > self._capacity:
+        seen = self._seen.get(key)
+        if seen is not None and seen.expires_at >= now:
+            return redelivered and not seen.settled
+        self._seen[key] = _Seen(expires_at)
+        self._seen.move_to_end(key)
+        while len(self._seen) > self._capacity:
             # TODO(until a shared store backs this cache): under a flood the
             # oldest ids are forgotten early and could be replayed once.
-            self._expiry.popitem(last=False)
+            self._seen.popitem(last=False)
         return True
 
+    def settle(self, key: ReplayKey) -> None:
+        """Remember that `key` was settled: from now on it is a replay."""
+        seen = self._seen.get(key)
+        if seen is not None:
+            seen.settled = True
+
     def _forget_expired(self, now: float) -> None:
-        while self._expiry:
-            message_id, expires_at = next(iter(self._expiry.items()))
-            if expires_at >= now:
+        while self._seen:
+            key, seen = next(iter(self._seen.items()))
+            if seen.expires_at >= now:
                 return
-            del self._expiry[message_id]
+            del self._seen[key]
 
 
 class Verifier:
@@ -253,36 +310,36 @@ class Verifier:
         self._origins: OrderedDict[str, tuple[dict[str, Any], RingKey]] = OrderedDict()
 
     def verify(
-        self,
-        headers: Mapping[str, Any],
-        *,
-        publisher: str,
-        route: Destination,
-        message_id: str,
-        body: bytes,
-        principal: Principal,
-        first_delivery: bool,
+        self, headers: Mapping[str, Any], delivery: Delivery, principal: Principal
     ) -> OriginAssertion:
-        """Check the message's signature and origin; returns the verified origin.
-
-        `first_delivery` is False for our own retries and for the broker's
-        redeliveries: the same message id is then expected again.
-        """
+        """Check the message's signature and origin; returns the verified origin."""
         now = self._clock()
-        claims = self._open(headers.get(h.SIGNATURE), h.SIGNATURE, publisher, now)
-        _expect(claims, "mid", message_id, "another message id")
-        _expect(claims, "body", _sha256(body), "another body")
+        route = delivery.route
+        claims = self._open(
+            headers.get(h.SIGNATURE), h.SIGNATURE, delivery.publisher, now
+        )
+        _expect(claims, "mid", delivery.message_id, "another message id")
+        _expect(claims, "cid", delivery.correlation_id, "another correlation id")
+        _expect(claims, "rt", delivery.reply_to, "another reply_to")
+        _expect(claims, "body", _sha256(delivery.body), "another body")
         _expect(claims, "ex", route.exchange, "another exchange")
         _expect(claims, "rk", route.routing_key, "another routing key")
         _expect(claims, "type", route.message_type, "another message type")
         _expect(claims, "idh", identity_digest(principal), "other identity headers")
 
         origin = self._origin(headers.get(h.ORIGIN_ASSERTION), principal, now)
-        if first_delivery and not self._seen.admit(message_id, claims["exp"], now):
+        if not self._seen.admit(
+            delivery.replay_key, claims["exp"], now, redelivered=delivery.redelivered
+        ):
             raise ReplayedMessage(
-                f"message {message_id} was already admitted and is not a redelivery"
+                f"message {delivery.message_id} from {delivery.publisher} (attempt "
+                f"{delivery.attempt}) was already admitted here"
             )
         return origin
+
+    def settled(self, delivery_key: ReplayKey) -> None:
+        """The consumer settled this delivery: the same one again is a replay."""
+        self._seen.settle(delivery_key)
 
     def _origin(
         self, token: object, principal: Principal, now: float
@@ -384,7 +441,9 @@ _COMMON_CLAIMS: Final[dict[str, tuple[type, ...]]] = {
 }
 _MESSAGE_CLAIMS: Final = {
     **_COMMON_CLAIMS,
-    **{name: (str,) for name in ("mid", "body", "ex", "rk", "type", "idh")},
+    **{
+        name: (str,) for name in ("mid", "cid", "rt", "body", "ex", "rk", "type", "idh")
+    },
 }
 _ORIGIN_CLAIMS: Final[dict[str, tuple[type, ...]]] = {
     **_COMMON_CLAIMS,

@@ -28,15 +28,31 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from messaging import headers as h
 from messaging.declaration import ServiceDeclaration, senders_of
-from messaging.errors import TrustConfigError, UntrustedPublisher
+from messaging.errors import (
+    InvalidSignature,
+    MessageRejected,
+    ReplayedMessage,
+    TrustConfigError,
+    UnprovenPrincipal,
+    UntrustedPublisher,
+)
 from messaging.handlers import HandlerSpec
 from messaging.identity import SERVICE_PATTERN, Principal
 from messaging.keyring import KeyRing, SigningKey
 from messaging.settings import BrokerSettings
-from messaging.signing import Destination, OriginAssertion, Signer, Verifier
+from messaging.signing import Delivery, Destination, OriginAssertion, Signer, Verifier
 from messaging.topology import Route, Topology
 
 logger = logging.getLogger(__name__)
+
+# Refusals after which nothing the message names is believed, its reply_to
+# included: the consumer sends no error reply to it.
+TRUST_REFUSALS: tuple[type[MessageRejected], ...] = (
+    UntrustedPublisher,
+    InvalidSignature,
+    ReplayedMessage,
+    UnprovenPrincipal,
+)
 
 
 @dataclass(frozen=True)
@@ -86,11 +102,11 @@ class TrustMap:
 
 @dataclass(frozen=True, slots=True)
 class Provenance:
-    """Who published a delivery, where, and whether it is a first delivery."""
+    """Who published a delivery, where, and whether it is one of our own retries."""
 
     publisher: str
     destination: Destination
-    first_delivery: bool
+    retried: bool
 
 
 class TrustPolicy:
@@ -126,30 +142,68 @@ class TrustPolicy:
                 f"{provenance.publisher} is not declared to publish "
                 f"{spec.route.value} {spec.message_type}"
             )
+        attempt = _attempt_of(message)
+        if attempt and not provenance.retried:
+            raise UntrustedPublisher(
+                f"{h.ATTEMPT} {attempt!r} from {provenance.publisher}: only "
+                f"{self.service}'s own retry path sets it"
+            )
         if self.verifier is None:
             return None
-        return self.verifier.verify(
-            message.headers or {},
+        delivery = Delivery(
             publisher=provenance.publisher,
             route=provenance.destination,
             message_id=message.message_id or "",
+            correlation_id=message.correlation_id or "",
+            reply_to=message.reply_to or "",
             body=message.body,
-            principal=principal,
-            first_delivery=provenance.first_delivery,
+            attempt=attempt if type(attempt) is int else 0,
+            redelivered=bool(message.redelivered),
+        )
+        return self.verifier.verify(message.headers or {}, delivery, principal)
+
+    def settled(self, message: AbstractIncomingMessage) -> None:
+        """The consumer acked `message`: the same delivery again is a replay."""
+        if self.verifier is None:
+            return
+        try:
+            publisher, _retried = self._publisher(message)
+        except UntrustedPublisher:
+            return  # refused before the verifier saw it: nothing was admitted
+        attempt = _attempt_of(message)
+        self.verifier.settled(
+            (
+                publisher,
+                message.message_id or "",
+                attempt if type(attempt) is int else 0,
+            )
         )
 
     def provenance(
         self, message: AbstractIncomingMessage, spec: HandlerSpec[Any]
     ) -> Provenance:
+        publisher, retried = self._publisher(message)
+        if not retried:
+            destination = Destination(
+                message.exchange or "", message.routing_key or "", message.type or ""
+            )
+            return Provenance(publisher, destination, retried=False)
+        # Signed for the route it was first published to, before our retry.
+        destination = Destination(
+            self.topology.exchange_for(spec.route),
+            spec.message_type,
+            message.type or "",
+        )
+        return Provenance(publisher, destination, retried=True)
+
+    def _publisher(self, message: AbstractIncomingMessage) -> tuple[str, bool]:
+        """The service that published `message`, and whether it is our own retry."""
         account = message.user_id
         if not account:
             raise UntrustedPublisher("the message has no user_id")
         publisher = self._service_of(account)
         if message.exchange != self.topology.redeliver_exchange(self.service):
-            destination = Destination(
-                message.exchange or "", message.routing_key or "", message.type or ""
-            )
-            return Provenance(publisher, destination, not message.redelivered)
+            return publisher, False
 
         # Our own retry, back from its retry queue: only our account puts it there.
         if publisher != self.service:
@@ -159,18 +213,18 @@ class TrustPolicy:
         original = (message.headers or {}).get(h.ORIGINAL_PUBLISHER, account)
         if type(original) is not str:
             raise UntrustedPublisher(f"{h.ORIGINAL_PUBLISHER} must be a string")
-        destination = Destination(
-            self.topology.exchange_for(spec.route),
-            spec.message_type,
-            message.type or "",
-        )
-        return Provenance(self._service_of(original), destination, False)
+        return self._service_of(original), True
 
     def _service_of(self, account: str) -> str:
         service = self.accounts.service(account)
         if service is None or service not in self.trust_map.services:
             raise UntrustedPublisher(f"account {account!r} is no declared service")
         return service
+
+
+def _attempt_of(message: AbstractIncomingMessage) -> object:
+    """The attempt header as sent (0 when absent); the consumer checks its type."""
+    return (message.headers or {}).get(h.ATTEMPT, 0)
 
 
 def build_trust(

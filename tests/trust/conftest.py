@@ -304,6 +304,7 @@ async def publish_as(
     exchange: str | None = None,
     message_type: str | None = None,
     user_id: str | None = None,
+    reply_to: str | None = None,
 ) -> None:
     """Publish exactly these bytes and headers, logged in as `service`."""
     connection = await deployment.connect(service)
@@ -322,6 +323,7 @@ async def publish_as(
             correlation_id=message_id,
             type=message_type or routing_key,
             user_id=user_id if user_id is not None else deployment.accounts.of(service),
+            reply_to=reply_to,
         )
         await target.publish(message, routing_key)
     finally:

@@ -18,7 +18,8 @@ import pytest
 from messaging.identity import Origin, Principal, encode_principal
 from messaging.signing import Destination, Signer, SigningKey
 from tests.trust.conftest import Deployment, parked, publish_as, started
-from tests.trust.services import CANCEL, PLACE, PLACED, Order
+from tests.trust.services import CANCEL, PLACE, PLACED, STATUS, Order
+from tests.workers.conftest import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
 
@@ -38,12 +39,16 @@ def signed(
     *,
     introduces_users: bool = True,
     issued: float | None = None,
+    reply_to: str = "",
 ) -> dict[str, object]:
     """Identity headers plus the signature `key` makes for them."""
     clock = (lambda: issued) if issued is not None else time.time
     signer = Signer(key, introduces_users=introduces_users, ttl=60, clock=clock)
     headers: dict[str, object] = dict(encode_principal(principal))
-    headers.update(signer.sign(destination, message_id, body, principal))
+    # publish_as sends the message id as the correlation id, as Baton does.
+    headers.update(
+        signer.sign(destination, message_id, body, principal, correlation_id=message_id)
+    )
     return headers
 
 
@@ -336,3 +341,95 @@ async def test_an_account_that_is_no_declared_service_is_refused(
     assert code == "UntrustedPublisher"
     assert "'guest' is no declared service" in reason
     assert deployment.seen.of("core") == []
+
+
+async def test_a_replay_stays_refused_when_the_broker_redelivers_it(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The replay is refused, but its quarantine copy cannot be published (an
+    # operator removed the exchange), so the broker redelivers it, flagged
+    # redelivered, until the delivery limit: every copy must be refused again.
+    await started(deployment, ["core"])
+    message_id = uuid.uuid4().hex
+    headers = signed(deployment.key("edge"), alice(), to_core(deployment), message_id)
+    await publish_as(
+        deployment, "edge", PLACE, body=BODY, headers=headers, message_id=message_id
+    )
+    await deployment.seen.wait_for("core", 1)
+    connection = await deployment.connect(None)
+    channel = await connection.channel()
+    await channel.exchange_delete(deployment.topology.quarantine_exchange("core"))
+    await channel.close()
+
+    await publish_as(
+        deployment, "edge", PLACE, body=BODY, headers=headers, message_id=message_id
+    )
+
+    def refusals() -> int:
+        return sum(
+            "ReplayedMessage" in record.getMessage()
+            for record in caplog.records
+            if record.name == "baton.security"
+        )
+
+    await eventually(lambda: refusals() >= 3, what="the copies refused")
+    assert len(deployment.seen.of("core")) == 1
+
+
+async def test_a_first_publish_cannot_claim_a_retry_attempt(
+    deployment: Deployment,
+) -> None:
+    # baton-attempt 3 on a first publish would skip every retry the handler
+    # has; only the service's own retry path may set it.
+    await started(deployment, ["core"])
+    message_id = uuid.uuid4().hex
+    headers = signed(deployment.key("edge"), alice(), to_core(deployment), message_id)
+
+    await publish_as(
+        deployment,
+        "edge",
+        PLACE,
+        body=BODY,
+        headers={**headers, "baton-attempt": 3},
+        message_id=message_id,
+    )
+
+    ((_, code, reason),) = await parked(deployment, "core", 1)
+    assert code == "UntrustedPublisher"
+    assert "only core's own retry path sets it" in reason
+    assert deployment.seen.of("core") == []
+
+
+async def test_a_request_cannot_be_sent_again_with_its_reply_pointed_elsewhere(
+    deployment: Deployment,
+) -> None:
+    # Someone with the edge's password but not its key takes a signed request
+    # and sends it with reply_to naming a queue it reads itself.
+    await started(deployment, ["core"])
+    topology = deployment.topology
+    thief = await (await deployment.connect("edge")).channel()
+    stolen = await topology.declare_reply_queue(thief, "edge", "0123456789ab")
+    message_id = uuid.uuid4().hex
+    headers = signed(
+        deployment.key("edge"),
+        alice(),
+        to_core(deployment, STATUS),
+        message_id,
+        reply_to=topology.reply_queue("edge", "aaaaaaaaaaaa"),
+    )
+
+    await publish_as(
+        deployment,
+        "edge",
+        STATUS,
+        body=BODY,
+        headers=headers,
+        message_id=message_id,
+        reply_to=stolen.name,
+    )
+
+    ((_, code, reason),) = await parked(deployment, "core", 1)
+    assert code == "InvalidSignature"
+    assert "another reply_to" in reason
+    assert deployment.seen.of("core") == []
+    assert await stolen.get(fail=False) is None

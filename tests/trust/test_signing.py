@@ -19,6 +19,7 @@ from messaging.errors import (
 from messaging.identity import Origin, Principal, PrincipalKind, encode_principal
 from messaging.signing import (
     ASSERTION_VERSION,
+    Delivery,
     Destination,
     KeyRing,
     OriginAssertion,
@@ -60,7 +61,8 @@ def make_verifier(clock: Clock, *keys: SigningKey) -> Verifier:
 
 
 def sign(key: SigningKey, clock: Clock, principal: Principal = ALICE, **kw: Any):
-    signer = Signer(key, introduces_users=key.service == "edge", ttl=60, clock=clock)
+    entry = key.service in ("edge", "scheduler")
+    signer = Signer(key, introduces_users=entry, ttl=60, clock=clock)
     headers: dict[str, Any] = dict(encode_principal(principal))
     headers.update(
         signer.sign(kw.get("to", TO_CORE), kw.get("mid", "m1"), BODY, principal)
@@ -69,15 +71,17 @@ def sign(key: SigningKey, clock: Clock, principal: Principal = ALICE, **kw: Any)
 
 
 def verify(verifier: Verifier, headers: dict[str, Any], **kw: Any):
-    return verifier.verify(
-        headers,
+    delivery = Delivery(
         publisher=kw.get("publisher", "edge"),
         route=TO_CORE,
         message_id=kw.get("mid", "m1"),
+        correlation_id=kw.get("cid", ""),
+        reply_to=kw.get("reply_to", ""),
         body=BODY,
-        principal=kw.get("principal", ALICE),
-        first_delivery=kw.get("first", True),
+        attempt=kw.get("attempt", 0),
+        redelivered=kw.get("redelivered", False),
     )
+    return verifier.verify(headers, delivery, kw.get("principal", ALICE))
 
 
 def reseal(token: str, **changes: Any) -> str:
@@ -169,25 +173,108 @@ def test_an_assertion_from_the_future_is_refused(
         verify(make_verifier(clock, edge_key), headers)
 
 
-def test_a_replay_is_refused_but_a_redelivery_is_not(
+def test_a_redelivery_of_a_message_in_flight_passes_but_a_second_publish_does_not(
     edge_key: SigningKey, clock: Clock
 ) -> None:
     verifier = make_verifier(clock, edge_key)
     headers = sign(edge_key, clock)
     verify(verifier, headers)
 
-    verify(verifier, headers, first=False)
+    verify(verifier, headers, redelivered=True)
     with pytest.raises(ReplayedMessage):
         verify(verifier, headers)
 
 
-def test_the_replay_cache_forgets_ids_once_they_expire() -> None:
-    seen = SeenMessages(capacity=2)
+def test_a_settled_message_is_a_replay_even_when_flagged_redelivered(
+    edge_key: SigningKey, clock: Clock
+) -> None:
+    verifier = make_verifier(clock, edge_key)
+    headers = sign(edge_key, clock)
+    verify(verifier, headers)
+    verifier.settled(("edge", "m1", 0))
 
-    assert seen.admit("a", expires_at=10, now=0)
-    assert not seen.admit("a", expires_at=10, now=5)
-    assert seen.admit("b", expires_at=20, now=11)
+    for redelivered in (False, True):
+        with pytest.raises(ReplayedMessage, match="already admitted"):
+            verify(verifier, headers, redelivered=redelivered)
+
+
+def test_each_retry_attempt_is_admitted_once_after_the_one_before_settled(
+    edge_key: SigningKey, clock: Clock
+) -> None:
+    verifier = make_verifier(clock, edge_key)
+    headers = sign(edge_key, clock)
+    verify(verifier, headers)
+    verifier.settled(("edge", "m1", 0))
+
+    verify(verifier, headers, attempt=1)
+    verifier.settled(("edge", "m1", 1))
+    with pytest.raises(ReplayedMessage):
+        verify(verifier, headers, attempt=1, redelivered=True)
+    verify(verifier, headers, attempt=2)
+
+
+def test_the_same_message_id_from_another_publisher_is_no_replay(
+    edge_key: SigningKey, clock: Clock
+) -> None:
+    scheduler_key = SigningKey.generate("scheduler")
+    verifier = Verifier(
+        KeyRing([edge_key.public(), scheduler_key.public()]),
+        introducers=frozenset({"edge", "scheduler"}),
+        clock=clock,
+    )
+    as_scheduler = Principal.user("alice", ["buyer"], entered_by="scheduler")
+    verify(verifier, sign(edge_key, clock))
+    verifier.settled(("edge", "m1", 0))
+
+    origin = verify(
+        verifier,
+        sign(scheduler_key, clock, as_scheduler),
+        publisher="scheduler",
+        principal=as_scheduler,
+    )
+
+    assert origin.issuer == "scheduler"
+
+
+def test_the_replay_cache_forgets_deliveries_once_they_expire() -> None:
+    seen = SeenMessages(capacity=2)
+    a, b = ("edge", "a", 0), ("edge", "b", 0)
+
+    assert seen.admit(a, expires_at=10, now=0, redelivered=False)
+    seen.settle(a)
+    assert not seen.admit(a, expires_at=10, now=5, redelivered=True)
+    assert seen.admit(b, expires_at=20, now=11, redelivered=False)
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"reply_to": "baton.audit.replies.0123456789ab"}, "another reply_to"),
+        ({"cid": "another"}, "another correlation id"),
+    ],
+)
+def test_a_signature_binds_reply_to_and_correlation_id(
+    edge_key: SigningKey, clock: Clock, change: dict[str, str], expected: str
+) -> None:
+    signer = Signer(edge_key, introduces_users=True, clock=clock)
+    headers: dict[str, Any] = dict(encode_principal(ALICE))
+    headers.update(
+        signer.sign(
+            TO_CORE,
+            "m1",
+            BODY,
+            ALICE,
+            correlation_id="c1",
+            reply_to="baton.edge.replies.0123456789ab",
+        )
+    )
+    sent = {"cid": "c1", "reply_to": "baton.edge.replies.0123456789ab"}
+    verifier = make_verifier(clock, edge_key)
+
+    with pytest.raises(InvalidSignature, match=expected):
+        verify(verifier, headers, **{**sent, **change})
+    verify(verifier, headers, **sent)
 
 
 def test_keys_rotate_with_a_grace_period(clock: Clock, tmp_path: Path) -> None:
@@ -258,7 +345,7 @@ def test_a_cached_origin_still_expires(edge_key: SigningKey, clock: Clock) -> No
     clock.now += 61
 
     with pytest.raises(InvalidSignature, match="baton-origin-assertion: expired"):
-        verify(verifier, headers, first=False)
+        verify(verifier, headers, redelivered=True)
 
 
 def test_a_service_may_vouch_only_for_itself(clock: Clock) -> None:
