@@ -229,6 +229,7 @@ class Consumer:
             topology=self.topology,
             requester=self.requester,
             request_timeout=self.settings.request_timeout,
+            sent_by=self.trust.sender(message) if self.trust else "",
         )
         with (
             message_context(_with_principal(message, self.queue_name, principal)),

@@ -66,6 +66,10 @@ class Context:
     topology: Topology = field(repr=False)
     requester: Requester | None = field(default=None, repr=False)
     request_timeout: float = 10.0
+    # The service that published the delivery, as the trust policy established
+    # it; '' when publishers are not checked. Message ids are the publisher's
+    # choice, so whatever is keyed by one is keyed by this too.
+    sent_by: str = ""
 
     async def publish_event(self, event_type: str, payload: BaseModel) -> str:
         """Publish an event for the same principal; returns its message id."""

@@ -162,6 +162,11 @@ class TrustPolicy:
         )
         return self.verifier.verify(message.headers or {}, delivery, principal)
 
+    def sender(self, message: AbstractIncomingMessage) -> str:
+        """The service that published an admitted message (the first publisher,
+        for our own retries)."""
+        return self._publisher(message)[0]
+
     def settled(self, message: AbstractIncomingMessage) -> None:
         """The consumer acked `message`: the same delivery again is a replay."""
         if self.verifier is None:
