@@ -1,10 +1,12 @@
 """The startup self-check: a service refuses to run with more power than it declared.
 
-Before consuming, a service compares what its broker account may actually do
-(read through the management API) with the grant its declarations produce
-(messaging/provision.py), and checks that its trust settings make sense. It
+Before consuming, a service compares what the broker account it logs in with
+(the user of its AMQP URL) may actually do, read through the management API, with
+the grant its declarations produce (messaging/provision.py), and checks that its
+trust settings make sense. The edge, the workers and the scheduler all run it. It
 refuses to start, saying why, when:
 
+- it logs in with another account than its own (``guest``, another service's);
 - the account has permissions in another vhost, or different regexes than the plan;
 - a topic exchange's routing-key rights differ from the plan, or are missing
   (no topic entry means any routing key);
@@ -27,6 +29,7 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from messaging.connection import broker_user
 from messaging.declaration import ServiceDeclaration
 from messaging.errors import TrustConfigError
 from messaging.provision import NOTHING, AccountGrant, Management, grant_for
@@ -73,16 +76,22 @@ def verify_startup(
 
     accounts = Accounts(settings.account_prefix)
     expected = grant_for(settings.topology(), own, accounts, declared=declared)
+    # The account the process really logs in with, not the one it should.
+    login = broker_user(settings.amqp_url)
+    problems = []
+    if login != expected.user:
+        problems.append(
+            f"{service} logs in as {login!r}, but its broker account is "
+            f"{expected.user!r}"
+        )
     try:
         with Management(settings.management_url.get_secret_value()) as management:
-            actual = read_grant(
-                management, vhost or _vhost(settings), expected.user, service
-            )
+            actual = read_grant(management, vhost or _vhost(settings), login, service)
     except TrustConfigError as exc:
         raise UnsafeToStart(
-            service, [f"cannot read the rights of {expected.user}: {exc}"]
+            service, [*problems, f"cannot read the rights of {login}: {exc}"]
         ) from exc
-    problems = check_grants(actual, expected)
+    problems += check_grants(actual, replace(expected, user=login))
     if problems:
         raise UnsafeToStart(service, problems)
     logger.info(

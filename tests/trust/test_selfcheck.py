@@ -12,6 +12,8 @@ import aio_pika
 import pytest
 
 from baton.cli import main as baton
+from edge_api.app import create_app
+from edge_api.settings import EdgeSettings
 from messaging.errors import TrustConfigError
 from messaging.provision import NOTHING, Management, definitions, plan
 from messaging.selfcheck import UnsafeToStart, verify_startup
@@ -242,3 +244,99 @@ def test_development_settings_start_without_trust_and_without_a_warning(
 
     assert (policy, signer) == (None, None)
     assert not [r for r in caplog.records if r.name == "messaging.selfcheck"]
+
+
+@pytest.mark.parametrize("login", ["guest", "audit"])
+def test_a_service_logged_in_with_another_account_refuses_to_start(
+    deployment: Deployment, login: str
+) -> None:
+    url = deployment.url(None if login == "guest" else login)
+    settings = deployment.settings("core", amqp_url=url)
+
+    with pytest.raises(UnsafeToStart) as refused:
+        verify_startup(settings, "core", DECLARATIONS, vhost=deployment.vhost)
+
+    account = "guest" if login == "guest" else deployment.accounts.of(login)
+    assert (
+        f"core logs in as {account!r}, but its broker account is "
+        f"{deployment.accounts.of('core')!r}" in str(refused.value)
+    )
+    if login == "guest":
+        assert "has the tag 'administrator'" in str(refused.value)
+    else:
+        assert f"broker account {account} may read" in str(refused.value)
+
+
+def edge_settings_without_keys() -> EdgeSettings:
+    # The JWKS URL is only fetched once the app runs; the check happens before.
+    return EdgeSettings(jwks_url="http://127.0.0.1:9/jwks")
+
+
+def test_the_edge_runs_the_self_check_when_it_is_created(
+    reference_deployment: Deployment, management: Management
+) -> None:
+    deployment = reference_deployment
+    settings = deployment.settings("edge")
+    create_app(edge_settings_without_keys(), settings)
+
+    user = deployment.accounts.of("edge")
+    management.put(
+        f"/api/permissions/{quote(deployment.vhost, safe='')}/{user}",
+        {"configure": ".*", "write": ".*", "read": ".*"},
+    )
+
+    with pytest.raises(UnsafeToStart) as refused:
+        create_app(edge_settings_without_keys(), settings)
+    assert f"broker account {user} may configure '.*'" in str(refused.value)
+
+
+def test_rights_in_another_vhost_refuse_to_start(
+    deployment: Deployment, management: Management
+) -> None:
+    user = deployment.accounts.of("audit")
+    other = f"{deployment.vhost}-other"
+    management.put(f"/api/vhosts/{quote(other, safe='')}", {})
+    try:
+        management.put(
+            f"/api/permissions/{quote(other, safe='')}/{user}",
+            {"configure": NOTHING, "write": NOTHING, "read": ".*"},
+        )
+
+        with pytest.raises(UnsafeToStart) as refused:
+            check(deployment, "audit")
+    finally:
+        management.remove(other, [])
+
+    assert f"(and vhosts ['{other}'])" in str(refused.value)
+
+
+@pytest.mark.parametrize("tag", ["administrator", "management", "monitoring"])
+def test_any_tag_on_the_account_refuses_to_start(
+    deployment: Deployment, management: Management, tag: str
+) -> None:
+    user = deployment.accounts.of("core")
+    management.put(
+        f"/api/users/{user}", {"password": deployment.passwords[user], "tags": tag}
+    )
+
+    with pytest.raises(UnsafeToStart) as refused:
+        check(deployment, "core")
+
+    assert f"broker account {user} has the tag {tag!r}" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("ring", "reason"),
+    [(None, "cannot read the key ring"), ('{"keys": []}', "the key ring is empty")],
+    ids=["missing", "empty"],
+)
+def test_a_missing_or_empty_key_ring_refuses_to_start(
+    deployment: Deployment, tmp_path: Path, ring: str | None, reason: str
+) -> None:
+    path = tmp_path / "ring.json"
+    if ring is not None:
+        path.write_text(ring)
+    settings = deployment.settings("core", keyring_file=path)
+
+    with pytest.raises(UnsafeToStart, match=reason):
+        verify_startup(settings, "core", DECLARATIONS, vhost=deployment.vhost)
