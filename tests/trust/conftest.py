@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,15 +31,53 @@ from messaging.consumer import Consumer
 from messaging.declaration import ServiceDeclaration
 from messaging.errors import TrustConfigError
 from messaging.handlers import Context
-from messaging.identity import Principal
+from messaging.identity import Principal, encode_principal
 from messaging.provision import Management
 from messaging.publisher import Publisher
 from messaging.selfcheck import verify_startup
 from messaging.settings import BrokerSettings
-from messaging.signing import KeyRing, SigningKey
+from messaging.signing import Destination, KeyRing, Signer, SigningKey
 from messaging.topology import Topology
 from messaging.trust import Accounts
-from tests.trust.services import Order, declarations
+from tests.trust.services import PLACE, Order, declarations
+
+BODY = json.dumps({"item": "book"}).encode()
+
+
+def alice(*roles: str) -> Principal:
+    return Principal.user("alice", roles or ("buyer",), entered_by="edge")
+
+
+def signed(
+    key: SigningKey,
+    principal: Principal,
+    destination: Destination,
+    message_id: str,
+    body: bytes = BODY,
+    *,
+    introduces_users: bool = True,
+    issued: float | None = None,
+    reply_to: str = "",
+) -> dict[str, object]:
+    """Identity headers plus the signature `key` makes for them."""
+    clock = (lambda: issued) if issued is not None else time.time
+    signer = Signer(key, introduces_users=introduces_users, ttl=60, clock=clock)
+    headers: dict[str, object] = dict(encode_principal(principal))
+    # publish_as sends the message id as the correlation id, as Baton does.
+    signature = signer.sign(
+        destination,
+        message_id,
+        body,
+        principal,
+        correlation_id=message_id,
+        reply_to=reply_to,
+    )
+    headers.update(signature)
+    return headers
+
+
+def to_core(deployment: Deployment, message_type: str = PLACE) -> Destination:
+    return Destination(f"{deployment.prefix}.commands", message_type, message_type)
 
 
 def management_url(amqp_url: str) -> str:

@@ -16,40 +16,21 @@ import aio_pika
 import pytest
 
 from messaging.identity import Origin, Principal, encode_principal
-from messaging.signing import Destination, Signer, SigningKey
-from tests.trust.conftest import Deployment, parked, publish_as, started
+from messaging.signing import Destination, SigningKey
+from tests.trust.conftest import (
+    BODY,
+    Deployment,
+    alice,
+    parked,
+    publish_as,
+    signed,
+    started,
+    to_core,
+)
 from tests.trust.services import CANCEL, PLACE, PLACED, STATUS, Order
 from tests.workers.conftest import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
-
-BODY = json.dumps({"item": "book"}).encode()
-
-
-def alice(*roles: str) -> Principal:
-    return Principal.user("alice", roles or ("buyer",), entered_by="edge")
-
-
-def signed(
-    key: SigningKey,
-    principal: Principal,
-    destination: Destination,
-    message_id: str,
-    body: bytes = BODY,
-    *,
-    introduces_users: bool = True,
-    issued: float | None = None,
-    reply_to: str = "",
-) -> dict[str, object]:
-    """Identity headers plus the signature `key` makes for them."""
-    clock = (lambda: issued) if issued is not None else time.time
-    signer = Signer(key, introduces_users=introduces_users, ttl=60, clock=clock)
-    headers: dict[str, object] = dict(encode_principal(principal))
-    # publish_as sends the message id as the correlation id, as Baton does.
-    headers.update(
-        signer.sign(destination, message_id, body, principal, correlation_id=message_id)
-    )
-    return headers
 
 
 async def publish_event_as_core(
@@ -64,10 +45,6 @@ async def publish_event_as_core(
         message_id=message_id,
         exchange=f"{deployment.prefix}.events",
     )
-
-
-def to_core(deployment: Deployment, message_type: str = PLACE) -> Destination:
-    return Destination(f"{deployment.prefix}.commands", message_type, message_type)
 
 
 async def test_a_signed_command_and_the_event_it_causes_are_handled_for_the_user(
