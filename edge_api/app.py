@@ -26,8 +26,8 @@ from edge_api.routes import commands_router, health_router
 from edge_api.settings import EdgeSettings
 from edge_api.state import Edge
 from edge_api.tokens import EDGE_SERVICE, TokenVerifier
-from messaging.settings import BrokerSettings
 from messaging.selfcheck import verify_startup
+from messaging.settings import BrokerSettings
 from messaging.signing import Signer
 
 logger = logging.getLogger(__name__)
