@@ -46,12 +46,13 @@ from messaging.errors import (
     UnprovenPrincipal,
 )
 from messaging.identity import Principal, PrincipalKind, encode_principal
-from messaging.keyring import KeyRing, RingKey, SigningKey, b64, unb64
+from messaging.keyring import KeyRing, KeyRingFile, RingKey, SigningKey, b64, unb64
 
 __all__ = [
     "Delivery",
     "Destination",
     "KeyRing",
+    "KeyRingFile",
     "OriginAssertion",
     "RingKey",
     "SeenMessages",
@@ -295,7 +296,7 @@ class Verifier:
 
     def __init__(
         self,
-        ring: KeyRing,
+        ring: KeyRing | KeyRingFile,
         *,
         introducers: frozenset[str],
         seen: SeenMessages | None = None,
@@ -395,14 +396,21 @@ class Verifier:
             )
         return claims
 
+    def keys(self) -> KeyRing:
+        """The ring in use now: a ring file is followed as it changes."""
+        ring = self.ring
+        return ring.current() if isinstance(ring, KeyRingFile) else ring
+
     def _unseal(self, token: object, header: str) -> tuple[dict[str, Any], RingKey]:
+        ring = self.keys()
         if header != h.ORIGIN_ASSERTION or type(token) is not str:
-            return _unseal(token, header, self.ring)
+            return _unseal(token, header, ring)
+        # A cached origin stands only while its key is the one in the ring now.
         cached = self._origins.get(token)
-        if cached is not None and self.ring.get(cached[1].kid) is cached[1]:
+        if cached is not None and ring.get(cached[1].kid) is cached[1]:
             self._origins.move_to_end(token)
             return cached
-        opened = _unseal(token, header, self.ring)
+        opened = _unseal(token, header, ring)
         self._origins[token] = opened
         if len(self._origins) > ORIGIN_CACHE_SIZE:
             self._origins.popitem(last=False)

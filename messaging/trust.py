@@ -38,7 +38,7 @@ from messaging.errors import (
 )
 from messaging.handlers import HandlerSpec
 from messaging.identity import SERVICE_PATTERN, Principal
-from messaging.keyring import KeyRing, SigningKey
+from messaging.keyring import KeyRingFile, SigningKey
 from messaging.settings import BrokerSettings
 from messaging.signing import Delivery, Destination, OriginAssertion, Signer, Verifier
 from messaging.topology import Route, Topology
@@ -289,10 +289,11 @@ def build_trust(
 def _verifier(settings: BrokerSettings, trust_map: TrustMap) -> Verifier:
     if settings.keyring_file is None:
         raise TrustConfigError("require_signatures is on but there is no key ring")
-    ring = KeyRing.load(settings.keyring_file)
-    unknown = {key.service for key in ring} - trust_map.services
+    ring = KeyRingFile.open(settings.keyring_file)
+    keys = ring.current()
+    unknown = {key.service for key in keys} - trust_map.services
     if unknown:
         logger.warning("the key ring holds keys of undeclared services: %s", unknown)
-    if not len(ring):
+    if not len(keys):
         raise TrustConfigError("require_signatures is on but the key ring is empty")
     return Verifier(ring, introducers=trust_map.introducers)

@@ -11,10 +11,12 @@ import asyncio
 import json
 import time
 import uuid
+from pathlib import Path
 
 import aio_pika
 import pytest
 
+from baton.cli import main as baton
 from messaging.identity import Origin, Principal, encode_principal
 from messaging.signing import Destination, SigningKey
 from tests.trust.conftest import (
@@ -410,3 +412,30 @@ async def test_a_request_cannot_be_sent_again_with_its_reply_pointed_elsewhere(
     assert "another reply_to" in reason
     assert deployment.seen.of("core") == []
     assert await stolen.get(fail=False) is None
+
+
+async def test_a_running_consumer_follows_a_key_rotation_without_a_restart(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    await started(deployment, ["core"])
+    new_dir = tmp_path / "new-keys"
+    generate = ["keys", "generate", "edge", "--dir", str(new_dir)]
+    assert baton([*generate, "--keyring", str(deployment.keyring)]) == 0
+    (new_key,) = (SigningKey.load(path) for path in new_dir.glob("edge-*.key"))
+    old_kid = deployment.key("edge").kid
+    retire = ["keys", "retire", old_kid, "--keyring", str(deployment.keyring)]
+    assert baton([*retire, "--grace", "0"]) == 0
+    await asyncio.sleep(1.5)  # the consumer looks at the ring file every second
+
+    ids = {"new": uuid.uuid4().hex, "old": uuid.uuid4().hex}
+    for name, key in (("new", new_key), ("old", deployment.key("edge"))):
+        headers = signed(key, alice(), to_core(deployment), ids[name])
+        await publish_as(
+            deployment, "edge", PLACE, body=BODY, headers=headers, message_id=ids[name]
+        )
+
+    await deployment.seen.wait_for("core", 1)
+    assert [call[1] for call in deployment.seen.of("core")] == [ids["new"]]
+    ((refused, code, reason),) = await parked(deployment, "core", 1)
+    assert (refused, code) == (ids["old"], "InvalidSignature")
+    assert f"key {old_kid} was retired" in reason

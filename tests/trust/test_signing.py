@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from messaging.signing import (
     Delivery,
     Destination,
     KeyRing,
+    KeyRingFile,
     OriginAssertion,
     SeenMessages,
     Signer,
@@ -293,6 +295,51 @@ def test_keys_rotate_with_a_grace_period(clock: Clock, tmp_path: Path) -> None:
     verify(verifier, sign(new, clock, mid="m3"), mid="m3")
     with pytest.raises(InvalidSignature, match="retired"):
         verify(verifier, sign(old, clock, mid="m4"), mid="m4")
+
+
+def test_a_ring_file_is_read_again_when_it_changes(
+    clock: Clock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="messaging.keyring")
+    old, new = SigningKey.generate("edge"), SigningKey.generate("edge")
+    ring_file = tmp_path / "ring.json"
+    KeyRing([old.public()]).save(ring_file)
+    ring = KeyRingFile.open(ring_file, interval=1.0, clock=clock)
+    verifier = Verifier(ring, introducers=frozenset({"edge"}), clock=clock)
+    verify(verifier, sign(old, clock, mid="m1"), mid="m1")
+
+    KeyRing([old.public(), new.public()]).retiring(old.kid, clock.now).save(ring_file)
+    with pytest.raises(InvalidSignature, match="unknown key id"):
+        verify(verifier, sign(new, clock, mid="m2"), mid="m2")
+    clock.now += 1.5
+
+    verify(verifier, sign(new, clock, mid="m3"), mid="m3")
+    with pytest.raises(InvalidSignature, match="retired"):
+        verify(verifier, sign(old, clock, mid="m4"), mid="m4")
+    assert "reloaded the key ring" in caplog.text
+
+
+@pytest.mark.parametrize("broken", ["{not json", '{"keys": []}', None])
+def test_a_ring_file_that_breaks_keeps_the_ring_in_use(
+    edge_key: SigningKey,
+    clock: Clock,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    broken: str | None,
+) -> None:
+    ring_file = tmp_path / "ring.json"
+    KeyRing([edge_key.public()]).save(ring_file)
+    ring = KeyRingFile.open(ring_file, interval=1.0, clock=clock)
+    verifier = Verifier(ring, introducers=frozenset({"edge"}), clock=clock)
+
+    if broken is None:
+        ring_file.unlink()
+    else:
+        ring_file.write_text(broken)
+    clock.now += 1.5
+
+    verify(verifier, sign(edge_key, clock))
+    assert "keeping the key ring in use" in caplog.text
 
 
 def test_a_key_file_round_trips_and_keeps_its_owner(
