@@ -17,9 +17,10 @@ breaks the body hash or the property it names.
 
 A second assertion, the *origin*, says who the work is for. Only an entry point
 (a declaration with ``introduces_users``) may sign one for a user; a service may
-sign one only for itself. Every hop copies the origin it received, unchanged, and
-the consumer checks that its subject, kind, roles and tenant equal the principal in
-the headers: a worker can pass a user on, but cannot mint one.
+sign one only for itself, with no role it did not declare. Every hop copies the
+origin it received, unchanged, and the consumer checks that its subject, kind,
+roles and tenant equal the principal in the headers: a worker can pass a user on,
+but cannot mint one.
 
 The wire form of both is ``base64url(JSON claims) "." base64url(signature)``.
 """
@@ -154,12 +155,15 @@ class Signer:
         key: SigningKey,
         *,
         introduces_users: bool,
+        roles: frozenset[str] = frozenset(),
         ttl: float = 300.0,
         origin_ttl: float = 3600.0,
         clock: Clock = time.time,
     ) -> None:
         self.key = key
         self.introduces_users = introduces_users
+        # The roles this service declared for acting as itself.
+        self.roles = roles
         self._ttl = ttl
         self._origin_ttl = origin_ttl
         self._clock = clock
@@ -212,6 +216,12 @@ class Signer:
             principal.kind is PrincipalKind.SERVICE
             and principal.subject == self.service
         ):
+            undeclared = principal.roles - self.roles
+            if undeclared:
+                raise UnprovenPrincipal(
+                    f"{self.service} may not act as itself with roles "
+                    f"{sorted(undeclared)}: it declares {sorted(self.roles)}"
+                )
             return self._mint_origin(principal, now)
         if principal.kind is PrincipalKind.USER and self.introduces_users:
             return self._mint_origin(principal, now)
@@ -299,11 +309,14 @@ class Verifier:
         ring: KeyRing | KeyRingFile,
         *,
         introducers: frozenset[str],
+        service_roles: Mapping[str, frozenset[str]] | None = None,
         seen: SeenMessages | None = None,
         clock: Clock = time.time,
     ) -> None:
         self.ring = ring
         self.introducers = introducers
+        # A service vouching for itself may name only the roles it declared.
+        self.service_roles = service_roles or {}
         self._seen = seen or SeenMessages()
         self._clock = clock
         # Every hop of a piece of work carries the same origin assertion: its
@@ -362,6 +375,8 @@ class Verifier:
         else:
             raise InvalidSignature(f"{h.ORIGIN_ASSERTION}: unknown kind {kind!r}")
         origin = _origin_from(claims, token)
+        if origin.kind is PrincipalKind.SERVICE:
+            self._check_own_roles(origin)
         if not origin.vouches_for(principal):
             raise UnprovenPrincipal(
                 f"the headers act for {principal.kind.value} {principal.subject!r} "
@@ -370,6 +385,15 @@ class Verifier:
                 f"{sorted(origin.roles)}"
             )
         return origin
+
+    def _check_own_roles(self, origin: OriginAssertion) -> None:
+        declared = self.service_roles.get(origin.issuer, frozenset())
+        undeclared = origin.roles - declared
+        if undeclared:
+            raise UnprovenPrincipal(
+                f"{origin.issuer} vouched for itself with roles "
+                f"{sorted(undeclared)}, but declares only {sorted(declared)}"
+            )
 
     def _open(
         self, token: object, header: str, publisher: str | None, now: float

@@ -79,6 +79,8 @@ class TrustMap:
     senders: Mapping[tuple[Route, str], frozenset[str]]
     services: frozenset[str]
     introducers: frozenset[str]
+    # The roles each service declared for acting as itself.
+    service_roles: Mapping[str, frozenset[str]]
 
     @classmethod
     def from_declarations(cls, declarations: Iterable[ServiceDeclaration]) -> TrustMap:
@@ -94,6 +96,7 @@ class TrustMap:
             senders=senders,
             services=frozenset(d.name for d in declared),
             introducers=frozenset(d.name for d in declared if d.introduces_users),
+            service_roles={d.name: d.roles for d in declared},
         )
 
     def allows(self, service: str, route: Route, message_type: str) -> bool:
@@ -264,6 +267,7 @@ def build_trust(
         signer = Signer(
             key,
             introduces_users=own is not None and own.introduces_users,
+            roles=own.roles if own is not None else frozenset(),
             ttl=settings.signature_ttl,
             origin_ttl=settings.origin_ttl,
         )
@@ -296,4 +300,8 @@ def _verifier(settings: BrokerSettings, trust_map: TrustMap) -> Verifier:
         logger.warning("the key ring holds keys of undeclared services: %s", unknown)
     if not len(keys):
         raise TrustConfigError("require_signatures is on but the key ring is empty")
-    return Verifier(ring, introducers=trust_map.introducers)
+    return Verifier(
+        ring,
+        introducers=trust_map.introducers,
+        service_roles=trust_map.service_roles,
+    )

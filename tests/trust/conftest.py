@@ -61,7 +61,14 @@ def signed(
 ) -> dict[str, object]:
     """Identity headers plus the signature `key` makes for them."""
     clock = (lambda: issued) if issued is not None else time.time
-    signer = Signer(key, introduces_users=introduces_users, ttl=60, clock=clock)
+    # The signer is told whatever it needs: tests play hostile signers too.
+    signer = Signer(
+        key,
+        introduces_users=introduces_users,
+        roles=principal.roles,
+        ttl=60,
+        clock=clock,
+    )
     headers: dict[str, object] = dict(encode_principal(principal))
     # publish_as sends the message id as the correlation id, as Baton does.
     signature = signer.sign(

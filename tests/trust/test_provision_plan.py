@@ -121,3 +121,10 @@ def test_a_service_answers_only_the_services_that_ask_it() -> None:
     assert not matches(grants["audit"].write, TOPOLOGY.reply_exchange("edge"))
     assert matches(grants["edge"].read, TOPOLOGY.reply_exchange("edge"))
     assert not matches(grants["edge"].write, TOPOLOGY.reply_exchange("edge"))
+
+
+def test_the_scheduler_declares_the_roles_it_acts_as_itself_with() -> None:
+    (scheduler,) = (d for d in reference() if d.name == "scheduler")
+
+    assert scheduler.roles == frozenset({"maintenance"})
+    assert all(not d.roles for d in reference() if d.name != "scheduler")

@@ -439,3 +439,29 @@ async def test_a_running_consumer_follows_a_key_rotation_without_a_restart(
     ((refused, code, reason),) = await parked(deployment, "core", 1)
     assert (refused, code) == (ids["old"], "InvalidSignature")
     assert f"key {old_kid} was retired" in reason
+
+
+@pytest.mark.parametrize(
+    ("roles", "handled"), [(["maintenance"], True), (["maintenance", "admin"], False)]
+)
+async def test_a_service_acting_as_itself_holds_only_the_roles_it_declared(
+    deployment: Deployment, roles: list[str], handled: bool
+) -> None:
+    await started(deployment, ["audit"])
+    itself = Principal.service("core", roles, origin=Origin.SCHEDULE)
+    event = Destination(f"{deployment.prefix}.events", PLACED, PLACED)
+    message_id = uuid.uuid4().hex
+    # core's own key, as a compromised core would use it.
+    headers = signed(deployment.key("core"), itself, event, message_id)
+
+    await publish_event_as_core(deployment, headers, message_id)
+
+    if handled:
+        await deployment.seen.wait_for("audit", 1)
+        assert deployment.seen.of("audit")[0][2] == itself
+        assert await parked(deployment, "audit", 0) == []
+        return
+    ((_, code, reason),) = await parked(deployment, "audit", 1)
+    assert code == "UnprovenPrincipal"
+    assert "core vouched for itself with roles ['admin']" in reason
+    assert deployment.seen.of("audit") == []

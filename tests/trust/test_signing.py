@@ -58,13 +58,18 @@ def edge_key() -> SigningKey:
 
 def make_verifier(clock: Clock, *keys: SigningKey) -> Verifier:
     return Verifier(
-        KeyRing(k.public() for k in keys), introducers=frozenset({"edge"}), clock=clock
+        KeyRing(k.public() for k in keys),
+        introducers=frozenset({"edge"}),
+        service_roles={"core": frozenset({"maintenance"})},
+        clock=clock,
     )
 
 
 def sign(key: SigningKey, clock: Clock, principal: Principal = ALICE, **kw: Any):
     entry = key.service in ("edge", "scheduler")
-    signer = Signer(key, introduces_users=entry, ttl=60, clock=clock)
+    signer = Signer(
+        key, introduces_users=entry, roles=principal.roles, ttl=60, clock=clock
+    )
     headers: dict[str, Any] = dict(encode_principal(principal))
     headers.update(
         signer.sign(kw.get("to", TO_CORE), kw.get("mid", "m1"), BODY, principal)
@@ -438,3 +443,36 @@ def test_an_assertion_valid_for_too_long_is_refused(
 
     with pytest.raises(InvalidSignature, match="valid for longer than"):
         verify(make_verifier(clock, edge_key), headers)
+
+
+def test_a_service_may_vouch_for_itself_only_with_the_roles_it_declared(
+    clock: Clock,
+) -> None:
+    core_key = SigningKey.generate("core")
+    verifier = make_verifier(clock, core_key)
+    # core's own key and signer; the signer is told it may hold admin, which
+    # core's declaration (maintenance only) does not say.
+    promoted = Principal.service(
+        "core", ["maintenance", "admin"], origin=Origin.SCHEDULE
+    )
+    headers = sign(core_key, clock, promoted)
+
+    with pytest.raises(UnprovenPrincipal, match=r"roles \['admin'\], but declares"):
+        verify(verifier, headers, publisher="core", principal=promoted)
+
+
+def test_a_signer_refuses_to_act_as_itself_with_an_undeclared_role(
+    clock: Clock,
+) -> None:
+    signer = Signer(
+        SigningKey.generate("core"),
+        introduces_users=False,
+        roles=frozenset({"maintenance"}),
+        clock=clock,
+    )
+    promoted = Principal.service(
+        "core", ["maintenance", "admin"], origin=Origin.SCHEDULE
+    )
+
+    with pytest.raises(UnprovenPrincipal, match=r"roles \['admin'\]: it declares"):
+        signer.sign(TO_CORE, "m1", BODY, promoted)
