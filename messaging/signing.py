@@ -122,6 +122,9 @@ class Delivery:
     body: bytes
     attempt: int = 0
     redelivered: bool = False
+    # Which copy the broker handed over (consumer tag, delivery tag): only the
+    # copy that was admitted settles its key.
+    copy: Copy = ("", 0)
 
     @property
     def replay_key(self) -> ReplayKey:
@@ -245,11 +248,13 @@ class Signer:
 
 
 ReplayKey = tuple[str, str, int]
+Copy = tuple[str, int]
 
 
 @dataclass(slots=True)
 class _Seen:
     expires_at: float
+    copy: Copy
     settled: bool = False
 
 
@@ -261,7 +266,9 @@ class SeenMessages:
     our own retries is a new attempt of the same message. Once a delivery was
     settled (handled, or moved on to retry, dead or quarantine) the same key is a
     replay, however the broker flags it; before that, only the broker's own
-    redelivery (``redelivered``, after a lost channel) may repeat it.
+    redelivery (``redelivered``, after a lost channel) may repeat it. Only the
+    copy admitted last settles a key: a forged copy refused under the same id
+    cannot settle the real one.
     """
 
     def __init__(self, capacity: int = 100_000) -> None:
@@ -272,14 +279,23 @@ class SeenMessages:
         return len(self._seen)
 
     def admit(
-        self, key: ReplayKey, expires_at: float, now: float, *, redelivered: bool
+        self,
+        key: ReplayKey,
+        expires_at: float,
+        now: float,
+        *,
+        redelivered: bool,
+        copy: Copy = ("", 0),
     ) -> bool:
         """Record `key`; False when it is a replay of a delivery not yet expired."""
         self._forget_expired(now)
         seen = self._seen.get(key)
         if seen is not None and seen.expires_at >= now:
-            return redelivered and not seen.settled
-        self._seen[key] = _Seen(expires_at)
+            if not redelivered or seen.settled:
+                return False
+            seen.copy = copy
+            return True
+        self._seen[key] = _Seen(expires_at, copy)
         self._seen.move_to_end(key)
         while len(self._seen) > self._capacity:
             # TODO(until a shared store backs this cache): under a flood the
@@ -287,10 +303,10 @@ class SeenMessages:
             self._seen.popitem(last=False)
         return True
 
-    def settle(self, key: ReplayKey) -> None:
-        """Remember that `key` was settled: from now on it is a replay."""
+    def settle(self, key: ReplayKey, copy: Copy = ("", 0)) -> None:
+        """Remember that `copy` of `key` was settled: from now on it is a replay."""
         seen = self._seen.get(key)
-        if seen is not None:
+        if seen is not None and seen.copy == copy:
             seen.settled = True
 
     def _forget_expired(self, now: float) -> None:
@@ -343,7 +359,11 @@ class Verifier:
 
         origin = self._origin(headers.get(h.ORIGIN_ASSERTION), principal, now)
         if not self._seen.admit(
-            delivery.replay_key, claims["exp"], now, redelivered=delivery.redelivered
+            delivery.replay_key,
+            claims["exp"],
+            now,
+            redelivered=delivery.redelivered,
+            copy=delivery.copy,
         ):
             raise ReplayedMessage(
                 f"message {delivery.message_id} from {delivery.publisher} (attempt "
@@ -351,9 +371,9 @@ class Verifier:
             )
         return origin
 
-    def settled(self, delivery_key: ReplayKey) -> None:
-        """The consumer settled this delivery: the same one again is a replay."""
-        self._seen.settle(delivery_key)
+    def settled(self, key: ReplayKey, copy: Copy = ("", 0)) -> None:
+        """The consumer settled this copy of a delivery: the same again is a replay."""
+        self._seen.settle(key, copy)
 
     def _origin(
         self, token: object, principal: Principal, now: float

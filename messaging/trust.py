@@ -162,6 +162,7 @@ class TrustPolicy:
             body=message.body,
             attempt=attempt if type(attempt) is int else 0,
             redelivered=bool(message.redelivered),
+            copy=_copy_of(message),
         )
         return self.verifier.verify(message.headers or {}, delivery, principal)
 
@@ -179,13 +180,12 @@ class TrustPolicy:
         except UntrustedPublisher:
             return  # refused before the verifier saw it: nothing was admitted
         attempt = _attempt_of(message)
-        self.verifier.settled(
-            (
-                publisher,
-                message.message_id or "",
-                attempt if type(attempt) is int else 0,
-            )
+        key = (
+            publisher,
+            message.message_id or "",
+            attempt if type(attempt) is int else 0,
         )
+        self.verifier.settled(key, _copy_of(message))
 
     def provenance(
         self, message: AbstractIncomingMessage, spec: HandlerSpec[Any]
@@ -228,6 +228,11 @@ class TrustPolicy:
         if service is None or service not in self.trust_map.services:
             raise UntrustedPublisher(f"account {account!r} is no declared service")
         return service
+
+
+def _copy_of(message: AbstractIncomingMessage) -> tuple[str, int]:
+    """Which copy of a message this is: unique per delivery on a consumer."""
+    return (message.consumer_tag or "", message.delivery_tag or 0)
 
 
 def _attempt_of(message: AbstractIncomingMessage) -> object:

@@ -87,6 +87,7 @@ def verify(verifier: Verifier, headers: dict[str, Any], **kw: Any):
         body=BODY,
         attempt=kw.get("attempt", 0),
         redelivered=kw.get("redelivered", False),
+        copy=kw.get("copy", ("", 0)),
     )
     return verifier.verify(headers, delivery, kw.get("principal", ALICE))
 
@@ -203,6 +204,23 @@ def test_a_settled_message_is_a_replay_even_when_flagged_redelivered(
     for redelivered in (False, True):
         with pytest.raises(ReplayedMessage, match="already admitted"):
             verify(verifier, headers, redelivered=redelivered)
+
+
+def test_only_the_admitted_copy_settles_its_message(
+    edge_key: SigningKey, clock: Clock
+) -> None:
+    # A forged copy under the same id is refused before the replay check, and
+    # its settlement must not make the broker's redelivery of the real one a
+    # replay.
+    verifier = make_verifier(clock, edge_key)
+    headers = sign(edge_key, clock)
+    verify(verifier, headers, copy=("ctag-1", 1))
+    verifier.settled(("edge", "m1", 0), ("ctag-1", 2))
+
+    verify(verifier, headers, redelivered=True, copy=("ctag-2", 1))
+    verifier.settled(("edge", "m1", 0), ("ctag-2", 1))
+    with pytest.raises(ReplayedMessage):
+        verify(verifier, headers, redelivered=True, copy=("ctag-2", 2))
 
 
 def test_each_retry_attempt_is_admitted_once_after_the_one_before_settled(
