@@ -22,14 +22,13 @@ origin it received, unchanged, and the consumer checks that its subject, kind,
 roles and tenant equal the principal in the headers: a worker can pass a user on,
 but cannot mint one.
 
-The wire form of both is ``base64url(JSON claims) "." base64url(signature)``.
+The wire form of both is ``base64url(JSON claims) "." base64url(signature)``
+(messaging/assertion.py); the replay cache is messaging/replay.py.
 """
 
 from __future__ import annotations
 
-import binascii
 import contextlib
-import hashlib
 import json
 import time
 from collections import OrderedDict
@@ -38,18 +37,19 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
-
 from messaging import headers as h
+from messaging.assertion import ASSERTION_VERSION, seal, sha256_hex, unseal
 from messaging.errors import (
     InvalidSignature,
     ReplayedMessage,
     UnprovenPrincipal,
 )
 from messaging.identity import Principal, PrincipalKind, encode_principal
-from messaging.keyring import KeyRing, KeyRingFile, RingKey, SigningKey, b64, unb64
+from messaging.keyring import KeyRing, KeyRingFile, RingKey, SigningKey
+from messaging.replay import Copy, ReplayKey, SeenMessages
 
 __all__ = [
+    "ASSERTION_VERSION",
     "Delivery",
     "Destination",
     "KeyRing",
@@ -65,9 +65,6 @@ __all__ = [
     "identity_digest",
 ]
 
-# 2: the message assertion binds the correlation id and reply_to too.
-ASSERTION_VERSION: Final = 2
-MAX_TOKEN_CHARS: Final = 4096
 # Clocks of two hosts disagree a little; an assertion issued this far in the
 # future is still accepted.
 CLOCK_SKEW: Final = 30.0
@@ -198,7 +195,7 @@ class Signer:
             "mid": message_id,
             "cid": correlation_id,
             "rt": reply_to,
-            "body": _sha256(body),
+            "body": sha256_hex(body),
             "ex": route.exchange,
             "rk": route.routing_key,
             "type": route.message_type,
@@ -206,7 +203,7 @@ class Signer:
             "iat": now,
             "exp": now + self._ttl,
         }
-        signed[h.SIGNATURE] = _seal(claims, self.key)
+        signed[h.SIGNATURE] = seal(claims, self.key)
         if principal is not None:
             signed[h.ORIGIN_ASSERTION] = self._origin_for(principal, now)
         return signed
@@ -244,77 +241,7 @@ class Signer:
             "iat": now,
             "exp": now + self._origin_ttl,
         }
-        return _seal(claims, self.key)
-
-
-ReplayKey = tuple[str, str, int]
-Copy = tuple[str, int]
-
-
-@dataclass(slots=True)
-class _Seen:
-    expires_at: float
-    copy: Copy
-    settled: bool = False
-
-
-class SeenMessages:
-    """Deliveries admitted and whether they were settled, until their expiry.
-
-    A delivery is known by (publisher, message id, attempt): ids are chosen by
-    their publisher, so one publisher's ids never shadow another's, and each of
-    our own retries is a new attempt of the same message. Once a delivery was
-    settled (handled, or moved on to retry, dead or quarantine) the same key is a
-    replay, however the broker flags it; before that, only the broker's own
-    redelivery (``redelivered``, after a lost channel) may repeat it. Only the
-    copy admitted last settles a key: a forged copy refused under the same id
-    cannot settle the real one.
-    """
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self._seen: OrderedDict[ReplayKey, _Seen] = OrderedDict()
-        self._capacity = capacity
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def admit(
-        self,
-        key: ReplayKey,
-        expires_at: float,
-        now: float,
-        *,
-        redelivered: bool,
-        copy: Copy = ("", 0),
-    ) -> bool:
-        """Record `key`; False when it is a replay of a delivery not yet expired."""
-        self._forget_expired(now)
-        seen = self._seen.get(key)
-        if seen is not None and seen.expires_at >= now:
-            if not redelivered or seen.settled:
-                return False
-            seen.copy = copy
-            return True
-        self._seen[key] = _Seen(expires_at, copy)
-        self._seen.move_to_end(key)
-        while len(self._seen) > self._capacity:
-            # TODO(until a shared store backs this cache): under a flood the
-            # oldest ids are forgotten early and could be replayed once.
-            self._seen.popitem(last=False)
-        return True
-
-    def settle(self, key: ReplayKey, copy: Copy = ("", 0)) -> None:
-        """Remember that `copy` of `key` was settled: from now on it is a replay."""
-        seen = self._seen.get(key)
-        if seen is not None and seen.copy == copy:
-            seen.settled = True
-
-    def _forget_expired(self, now: float) -> None:
-        while self._seen:
-            key, seen = next(iter(self._seen.items()))
-            if seen.expires_at >= now:
-                return
-            del self._seen[key]
+        return seal(claims, self.key)
 
 
 class Verifier:
@@ -351,7 +278,7 @@ class Verifier:
         _expect(claims, "mid", delivery.message_id, "another message id")
         _expect(claims, "cid", delivery.correlation_id, "another correlation id")
         _expect(claims, "rt", delivery.reply_to, "another reply_to")
-        _expect(claims, "body", _sha256(delivery.body), "another body")
+        _expect(claims, "body", sha256_hex(delivery.body), "another body")
         _expect(claims, "ex", route.exchange, "another exchange")
         _expect(claims, "rk", route.routing_key, "another routing key")
         _expect(claims, "type", route.message_type, "another message type")
@@ -448,13 +375,13 @@ class Verifier:
     def _unseal(self, token: object, header: str) -> tuple[dict[str, Any], RingKey]:
         ring = self.keys()
         if header != h.ORIGIN_ASSERTION or type(token) is not str:
-            return _unseal(token, header, ring)
+            return unseal(token, header, ring)
         # A cached origin stands only while its key is the one in the ring now.
         cached = self._origins.get(token)
         if cached is not None and ring.get(cached[1].kid) is cached[1]:
             self._origins.move_to_end(token)
             return cached
-        opened = _unseal(token, header, ring)
+        opened = unseal(token, header, ring)
         self._origins[token] = opened
         if len(self._origins) > ORIGIN_CACHE_SIZE:
             self._origins.popitem(last=False)
@@ -471,84 +398,7 @@ def identity_digest(principal: Principal | None) -> str:
     canonical = json.dumps(
         encode_principal(principal), sort_keys=True, separators=(",", ":")
     )
-    return _sha256(canonical.encode())
-
-
-def _seal(claims: Mapping[str, Any], key: SigningKey) -> str:
-    payload = b64(
-        json.dumps({**claims, "kid": key.kid}, separators=(",", ":")).encode()
-    )
-    signature = key.private.sign(payload.encode("ascii"))
-    return f"{payload}.{b64(signature)}"
-
-
-# The claims an assertion must carry, and the JSON type of each.
-_NUMBER = (int, float)
-_COMMON_CLAIMS: Final[dict[str, tuple[type, ...]]] = {
-    "v": (int,),
-    "kid": (str,),
-    "iss": (str,),
-    "iat": _NUMBER,
-    "exp": _NUMBER,
-}
-_MESSAGE_CLAIMS: Final = {
-    **_COMMON_CLAIMS,
-    **{
-        name: (str,) for name in ("mid", "cid", "rt", "body", "ex", "rk", "type", "idh")
-    },
-}
-_ORIGIN_CLAIMS: Final[dict[str, tuple[type, ...]]] = {
-    **_COMMON_CLAIMS,
-    "sub": (str,),
-    "kind": (str,),
-    "roles": (list,),
-    "tenant": (str, type(None)),
-}
-
-
-def _unseal(
-    token: object, header: str, ring: KeyRing
-) -> tuple[dict[str, Any], RingKey]:
-    if token is None:
-        raise InvalidSignature(f"{header}: missing")
-    if type(token) is not str:
-        raise InvalidSignature(
-            f"{header}: must be a string, got {type(token).__name__}"
-        )
-    if len(token) > MAX_TOKEN_CHARS:
-        raise InvalidSignature(f"{header}: longer than {MAX_TOKEN_CHARS} characters")
-    payload, dot, signature = token.partition(".")
-    if not dot:
-        raise InvalidSignature(f"{header}: not of the form claims.signature")
-    try:
-        claims = json.loads(unb64(payload), parse_constant=_no_constants)
-        raw_signature = unb64(signature)
-    except (ValueError, binascii.Error, RecursionError) as exc:
-        raise InvalidSignature(f"{header}: cannot be decoded: {exc}") from None
-    if not isinstance(claims, dict):
-        raise InvalidSignature(f"{header}: claims must be a JSON object")
-    _check_shape(claims, header)
-
-    key = ring.get(claims["kid"])
-    if key is None:
-        raise InvalidSignature(f"{header}: unknown key id {claims['kid']!r}")
-    try:
-        key.key.verify(raw_signature, payload.encode("ascii"))
-    except _CryptoInvalidSignature:
-        raise InvalidSignature(f"{header}: signature does not verify") from None
-    return claims, key
-
-
-def _check_shape(claims: dict[str, Any], header: str) -> None:
-    shape = _ORIGIN_CLAIMS if header == h.ORIGIN_ASSERTION else _MESSAGE_CLAIMS
-    if set(claims) != set(shape):
-        raise InvalidSignature(f"{header}: claims must be exactly {sorted(shape)}")
-    for name, types in shape.items():
-        value = claims[name]
-        if not isinstance(value, types) or isinstance(value, bool):
-            raise InvalidSignature(f"{header}: claim {name!r} has the wrong type")
-    if claims["v"] != ASSERTION_VERSION:
-        raise InvalidSignature(f"{header}: version {claims['v']} is not supported")
+    return sha256_hex(canonical.encode())
 
 
 def _origin_from(claims: dict[str, Any], token: object) -> OriginAssertion:
@@ -569,11 +419,3 @@ def _origin_from(claims: dict[str, Any], token: object) -> OriginAssertion:
 def _expect(claims: Mapping[str, Any], name: str, actual: str, what: str) -> None:
     if claims[name] != actual:
         raise InvalidSignature(f"{h.SIGNATURE}: signed for {what} ({name})")
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a number an assertion may carry")
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

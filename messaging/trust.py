@@ -7,6 +7,8 @@ a :class:`TrustPolicy` therefore refuses, into quarantine:
 
 - a message without ``user_id``, or from an account that is no declared service;
 - a message type from a service that did not declare publishing it;
+- a ``baton-attempt`` on a message that did not come back through the service's
+  own retry path (it would let a first publish skip the handler's retries);
 - when signatures are required, anything :class:`~messaging.signing.Verifier`
   refuses: a missing, forged, expired, replayed or moved assertion, or a principal
   no introducer vouched for.

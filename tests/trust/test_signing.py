@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from messaging import headers as h
+from messaging.assertion import seal
 from messaging.errors import (
     InvalidSignature,
     ReplayedMessage,
@@ -29,7 +30,6 @@ from messaging.signing import (
     Signer,
     SigningKey,
     Verifier,
-    _seal,
     carrying,
 )
 
@@ -443,7 +443,7 @@ def test_a_service_may_vouch_only_for_itself(clock: Clock) -> None:
         None,
         "core",
         clock.now + 60,
-        _seal(claims, core_key),
+        seal(claims, core_key),
     )
     with carrying(vouched):
         headers = sign(core_key, clock, users, mid="m2")
