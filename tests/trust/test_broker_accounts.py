@@ -318,3 +318,23 @@ async def test_a_service_does_not_start_while_a_shared_exchange_is_missing(
         await consumer.start(timeout=3.0)
 
     assert f"exchange {deployment.prefix}.events does not exist" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("source", "routing_key"),
+    [("commands", "#"), ("commands", PLACE), ("core.dead", "core")],
+)
+async def test_a_service_cannot_bind_an_exchange_to_reroute_anothers_messages(
+    deployment: Deployment, source: str, routing_key: str
+) -> None:
+    # An exchange-to-exchange binding is checked like a queue binding: read
+    # on the source (with its topic rights), write on the destination.
+    await started(deployment, ["core", "audit"])
+    connection = await deployment.connect("audit")
+    channel = await connection.channel()
+    own = await channel.get_exchange(
+        deployment.topology.dead_exchange("audit"), ensure=False
+    )
+
+    with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
+        await own.bind(f"{deployment.prefix}.{source}", routing_key=routing_key)
