@@ -31,9 +31,10 @@ from messaging.declaration import ServiceDeclaration
 from messaging.errors import TrustConfigError
 from messaging.keyring import KeyRing, SigningKey
 from messaging.provision import AccountGrant, Management, definitions, plan
-from messaging.selfcheck import check_grants, read_grant
+from messaging.selfcheck import check_exchanges, check_grants, read_grant
 from messaging.settings import BrokerSettings
 from messaging.signing import CLOCK_SKEW
+from messaging.topology import Topology
 from messaging.trust import Accounts
 
 DEFAULT_DECLARATIONS = "baton.provision_commands:reference_declarations"
@@ -158,7 +159,9 @@ def run_provision(args: argparse.Namespace) -> int:
             _show(grants)
             return 0
         if args.check:
-            return _check(settings, args.vhost, grants, exclusive=args.exclusive)
+            return _check(
+                settings, args.vhost, topology, grants, exclusive=args.exclusive
+            )
         passwords = read_passwords(grants, args.passwords_dir)
         if args.export is not None:
             if args.operator:
@@ -289,13 +292,14 @@ def run_keys_list(args: argparse.Namespace) -> int:
 def _check(
     settings: BrokerSettings,
     vhost: str,
+    topology: Topology,
     grants: Sequence[AccountGrant],
     *,
     exclusive: bool,
 ) -> int:
-    problems: list[str] = []
     url = _management_url(settings)
     with Management(url) as management:
+        problems = check_exchanges(management, vhost, topology)
         for grant in grants:
             actual = read_grant(management, vhost, grant.user, grant.service)
             problems += check_grants(actual, grant)

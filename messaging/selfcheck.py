@@ -35,6 +35,7 @@ from messaging.errors import TrustConfigError
 from messaging.provision import NOTHING, AccountGrant, Management, grant_for
 from messaging.settings import BrokerSettings
 from messaging.signing import Signer
+from messaging.topology import Topology
 from messaging.trust import Accounts, TrustPolicy, build_trust
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,29 @@ def check_grants(actual: AccountGrant, expected: AccountGrant) -> list[str]:
     for exchange, rights in sorted(actual.topics.items()):
         if exchange not in expected.topics and rights != (NOTHING, NOTHING):
             problems.append(f"{who} has topic rights {rights} on {exchange}")
+    return problems
+
+
+def check_exchanges(
+    management: Management, vhost: str, topology: Topology
+) -> list[str]:
+    """Every shared exchange that is missing or of another type than planned.
+
+    Services only check them passively, so a missing one keeps them from
+    starting until the deployment is provisioned again.
+    """
+    problems = []
+    for name, kind in topology.exchanges().items():
+        try:
+            found = management.get(f"/api/exchanges/{_q(vhost)}/{_q(name)}")
+        except TrustConfigError:
+            problems.append(f"shared exchange {name} is missing: run baton provision")
+            continue
+        if found.get("type") != kind.value:
+            problems.append(
+                f"shared exchange {name} is of type {found.get('type')!r}, "
+                f"not {kind.value!r}"
+            )
     return problems
 
 

@@ -220,22 +220,24 @@ class Deployment:
             await context.publish_event("order.placed", payload)
 
 
+def provision_args(deployment: Deployment, *options: str) -> list[str]:
+    """``baton provision`` over this deployment's declarations, vhost and names."""
+    return [
+        "provision",
+        *options,
+        "--declarations",
+        deployment.target,
+        "--vhost",
+        deployment.vhost,
+        "--prefix",
+        deployment.prefix,
+        "--account-prefix",
+        deployment.accounts.prefix,
+    ]
+
+
 def provision(deployment: Deployment, passwords_dir: Path) -> int:
-    return baton(
-        [
-            "provision",
-            "--declarations",
-            deployment.target,
-            "--vhost",
-            deployment.vhost,
-            "--prefix",
-            deployment.prefix,
-            "--account-prefix",
-            deployment.accounts.prefix,
-            "--passwords-dir",
-            str(passwords_dir),
-        ]
-    )
+    return baton(provision_args(deployment, "--passwords-dir", str(passwords_dir)))
 
 
 @pytest.fixture

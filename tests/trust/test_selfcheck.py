@@ -19,7 +19,7 @@ from messaging.provision import NOTHING, Management, definitions, plan
 from messaging.selfcheck import UnsafeToStart, verify_startup
 from messaging.settings import BrokerSettings
 from messaging.trust import Accounts, build_trust
-from tests.trust.conftest import Deployment
+from tests.trust.conftest import Deployment, provision_args
 from tests.trust.services import DECLARATIONS
 
 pytestmark = [pytest.mark.broker]
@@ -29,6 +29,10 @@ def check(deployment: Deployment, service: str) -> None:
     verify_startup(
         deployment.settings(service), service, DECLARATIONS, vhost=deployment.vhost
     )
+
+
+def provision_check(deployment: Deployment, *options: str) -> list[str]:
+    return provision_args(deployment, "--check", *options)
 
 
 def test_a_freshly_provisioned_account_passes(deployment: Deployment) -> None:
@@ -84,18 +88,7 @@ def test_missing_topic_rights_refuse_to_start(
 def test_provision_check_reports_a_tampered_account(
     deployment: Deployment, management: Management, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = [
-        "provision",
-        "--check",
-        "--declarations",
-        "tests.trust.services:DECLARATIONS",
-        "--vhost",
-        deployment.vhost,
-        "--prefix",
-        deployment.prefix,
-        "--account-prefix",
-        deployment.accounts.prefix,
-    ]
+    args = provision_check(deployment)
     assert baton(args) == 0
 
     user = deployment.accounts.of("edge")
@@ -200,19 +193,7 @@ def test_exporting_without_a_password_is_refused() -> None:
 def test_provision_check_exclusive_names_accounts_outside_the_plan(
     deployment: Deployment, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = [
-        "provision",
-        "--check",
-        "--exclusive",
-        "--declarations",
-        "tests.trust.services:DECLARATIONS",
-        "--vhost",
-        deployment.vhost,
-        "--prefix",
-        deployment.prefix,
-        "--account-prefix",
-        deployment.accounts.prefix,
-    ]
+    args = provision_check(deployment, "--exclusive")
     with Management(deployment.management) as management:
         management.put(
             "/api/users/intruder-" + deployment.prefix, {"password": "x", "tags": ""}
@@ -340,3 +321,14 @@ def test_a_missing_or_empty_key_ring_refuses_to_start(
 
     with pytest.raises(UnsafeToStart, match=reason):
         verify_startup(settings, "core", DECLARATIONS, vhost=deployment.vhost)
+
+
+def test_provision_check_reports_a_missing_shared_exchange(
+    deployment: Deployment, management: Management, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = f"{deployment.prefix}.events"
+    management.delete(f"/api/exchanges/{quote(deployment.vhost, safe='')}/{events}")
+    args = provision_check(deployment)
+
+    assert baton(args) == 1
+    assert f"shared exchange {events} is missing" in capsys.readouterr().err
