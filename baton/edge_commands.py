@@ -49,10 +49,10 @@ def _serve_edge(args: argparse.Namespace) -> int:
     import uvicorn
 
     from edge_api.app import create_app
-    from edge_api.dev_issuer import DevIssuer, uses_dev_key
+    from edge_api.dev_issuer import DevIssuer
 
     issuer = DevIssuer.from_environment()
-    settings = _edge_settings(issuer)
+    settings = edge_settings(issuer)
     if settings is None:
         return 2
     configure_logging()
@@ -70,9 +70,7 @@ def _serve_edge(args: argparse.Namespace) -> int:
         print(f"baton edge: cannot start: {exc}", file=sys.stderr)
         return 2
 
-    if uses_dev_key():
-        print(f"edge: trusting the development key {issuer.public_key_file}")
-        print("edge: mint a token with: baton token --sub alice --roles planner")
+    announce_dev_key(issuer)
     print(f"edge: broker {redacted(broker.amqp_url)} (prefix {broker.prefix!r})")
     print(f"edge: listening on http://{settings.host}:{settings.port}", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
@@ -83,7 +81,7 @@ def _mint_token(args: argparse.Namespace) -> int:
     from edge_api.dev_issuer import DevIssuer, uses_dev_key
 
     issuer = DevIssuer.from_environment()
-    settings = _edge_settings(issuer)
+    settings = edge_settings(issuer)
     if settings is None:
         return 2
     if not uses_dev_key():
@@ -102,7 +100,20 @@ def _mint_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _edge_settings(issuer: DevIssuer) -> EdgeSettings | None:
+def announce_dev_key(issuer: DevIssuer) -> None:
+    """Say that the edge trusts the development key, when it does."""
+    from edge_api.dev_issuer import uses_dev_key
+
+    if uses_dev_key():
+        print(f"edge: trusting the development key {issuer.public_key_file}")
+        print("edge: mint a token with: baton token --sub alice --roles planner")
+
+
+def edge_settings(issuer: DevIssuer) -> EdgeSettings | None:
+    """The edge's settings, trusting the dev key when no key source is set.
+
+    None after saying on stderr why there are none.
+    """
     from pydantic import ValidationError
 
     try:

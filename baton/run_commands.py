@@ -2,10 +2,12 @@
 
 ``baton run`` is the whole reference system in one process: the edge (when its
 package is installed), every reference service and the scheduler, against the
-broker at ``AMQP_URL``. ``baton worker <service>`` runs one service alone, as a
-container would; ``baton scheduler`` runs the scheduler alone. Each prints where
-its parts listen and stops cleanly on SIGINT or SIGTERM: no new messages are
-taken, the ones in flight finish and are acked, then the connections close.
+broker at ``AMQP_URL``; like ``baton edge``, its edge trusts the development key
+of ``baton token`` when no key source is configured. ``baton worker <service>``
+runs one service alone, as a container would; ``baton scheduler`` runs the
+scheduler alone. Each prints where its parts listen and stops cleanly on SIGINT
+or SIGTERM: no new messages are taken, the ones in flight finish and are acked,
+then the connections close.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import importlib.util
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -76,6 +78,11 @@ class Running(Protocol):
 
     async def stop(self) -> None: ...
 
+    @property
+    def essential_tasks(self) -> Sequence[asyncio.Task[Any]]:
+        """Tasks whose end, before a stop, means the part stopped working."""
+        ...
+
 
 @dataclass
 class ServicePart:
@@ -103,6 +110,10 @@ class ServicePart:
             await self.worker.stop()
         self.part.close()
 
+    @property
+    def essential_tasks(self) -> Sequence[asyncio.Task[Any]]:
+        return [] if self.worker is None else self.worker.essential_tasks
+
 
 @dataclass
 class SchedulerPart:
@@ -125,6 +136,10 @@ class SchedulerPart:
     async def stop(self) -> None:
         await self.scheduler.stop()
         self.scheduler.store.close()
+
+    @property
+    def essential_tasks(self) -> Sequence[asyncio.Task[Any]]:
+        return self.scheduler.essential_tasks
 
 
 @dataclass
@@ -149,6 +164,10 @@ class EdgePart:
         if self.task is not None:
             with contextlib.suppress(Exception, SystemExit):
                 await self.task
+
+    @property
+    def essential_tasks(self) -> Sequence[asyncio.Task[Any]]:
+        return [] if self.task is None else [self.task]
 
 
 def _run_all(args: argparse.Namespace) -> int:
@@ -177,39 +196,44 @@ def _settings() -> tuple[BrokerSettings, WorkerSettings]:
 
 
 def _edge(broker: BrokerSettings) -> EdgePart:
+    """The edge as ``baton edge`` would serve it, trusting the dev key by default."""
     # The edge is optional here: workers never import it, and a deployment
     # without the edge package still runs every service.
     if importlib.util.find_spec("edge_api.app") is None:
         raise SystemExit("baton run: the edge is not installed; use --no-edge")
-    from pydantic import ValidationError
-
+    from baton.edge_commands import announce_dev_key, edge_settings
     from edge_api.app import create_app
-    from edge_api.settings import EdgeSettings
+    from edge_api.dev_issuer import DevIssuer
 
+    issuer = DevIssuer.from_environment()
+    settings = edge_settings(issuer)
+    if settings is None:
+        raise SystemExit("baton run: fix the BATON_EDGE_* settings or pass --no-edge")
     try:
-        edge_settings = EdgeSettings()
-    except ValidationError as exc:
-        problems = "; ".join(str(err["msg"]) for err in exc.errors())
-        raise SystemExit(
-            f"baton run: the edge is not configured ({problems}); set the "
-            "BATON_EDGE_* variables or pass --no-edge"
-        ) from None
-    app = create_app(edge_settings, broker)
+        app = create_app(settings, broker)
+    except (OSError, ValueError, TrustConfigError) as exc:
+        raise SystemExit(f"baton run: the edge cannot start: {exc}") from None
+    announce_dev_key(issuer)
     config = uvicorn.Config(
-        app, host=edge_settings.host, port=edge_settings.port, log_config=None
+        app, host=settings.host, port=settings.port, log_config=None
     )
     return EdgePart(QuietServer(config))
 
 
 def _serve(parts: list[Running]) -> int:
     try:
-        return asyncio.run(_run(parts))
+        return asyncio.run(run_parts(parts))
     except StartupFailed as exc:
         print(f"baton: {exc}", file=sys.stderr, flush=True)
         return 1
 
 
-async def _run(parts: list[Running]) -> int:
+async def run_parts(parts: list[Running]) -> int:
+    """Start `parts` in order and run until a signal, or until one stops working.
+
+    Returns the exit code: 0 after a stop signal, 1 when an essential task of
+    a part ended on its own.
+    """
     stopping = asyncio.Event()
     started: list[Running] = []
     with _stop_on_signals(stopping):
@@ -236,8 +260,13 @@ async def _start(part: Running) -> str:
 
 
 async def _until_stopped(stopping: asyncio.Event, parts: list[Running]) -> bool:
-    """Wait for a stop signal; True when a part ended on its own instead."""
-    watched = [p.task for p in parts if isinstance(p, EdgePart) and p.task]
+    """Wait for a stop signal; True when an essential task ended on its own instead.
+
+    A worker whose broker link gave up, or a scheduler whose tick loop died,
+    would otherwise sit idle in a process that looks alive: exiting non-zero
+    lets a supervisor restart it.
+    """
+    watched = [task for part in parts for task in part.essential_tasks]
     waiter = asyncio.create_task(stopping.wait())
     done, _ = await asyncio.wait([waiter, *watched], return_when="FIRST_COMPLETED")
     waiter.cancel()

@@ -15,8 +15,8 @@ from bench.workload import BODY, MESSAGE_TYPE, edge_principal
 from contracts.plans import PlanCreate
 from messaging.identity import decode_principal, encode_principal
 from messaging.signing import (
-    Delivery,
     Destination,
+    Envelope,
     KeyRing,
     Signer,
     SigningKey,
@@ -62,7 +62,7 @@ def signing_steps() -> dict[str, Callable[[], object]]:
     message_id = "0" * 32
     signed = {**headers, **signer.sign(destination, message_id, BODY, principal)}
 
-    delivery = Delivery(ENTRY, destination, message_id, "", "", BODY, redelivered=True)
+    delivery = Envelope(ENTRY, destination, message_id, "", "", BODY, redelivered=True)
 
     def verify() -> None:
         verifier.verify(signed, delivery, principal)

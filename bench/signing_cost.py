@@ -14,8 +14,8 @@ from collections.abc import Callable
 from bench.identity_cost import per_call_us
 from messaging.identity import Origin, Principal, encode_principal
 from messaging.signing import (
-    Delivery,
     Destination,
+    Envelope,
     KeyRing,
     Signer,
     SigningKey,
@@ -36,7 +36,7 @@ def signing_costs(batch_seconds: float = 0.2) -> dict[str, float]:
     core_signer = Signer(core, introduces_users=False)
     headers = {**encode_principal(alice), **edge_signer.sign(TO_CORE, "m", BODY, alice)}
     # A broker redelivery of an unsettled message: verified again and again.
-    delivery = Delivery("edge", TO_CORE, "m", "", "", BODY, redelivered=True)
+    delivery = Envelope("edge", TO_CORE, "m", "", "", BODY, redelivered=True)
     origin = Verifier(ring, introducers=frozenset({"edge"})).verify(
         headers, delivery, alice
     )

@@ -9,12 +9,14 @@ contracts. Neither side depends on the other, both depend on this package.
 from contracts import plans, profiles
 from contracts.catalogue import Contract, Mode, catalogue
 from contracts.plans import (
+    PLAN_CANCEL_REFRESH,
     PLAN_CHANGED,
     PLAN_CREATE,
     PLAN_GET,
     PLAN_PRUNE,
     PLAN_REFRESH,
     PLAN_SCHEDULE_REFRESH,
+    PlanCancelRefresh,
     PlanChanged,
     PlanCreate,
     PlanGet,
@@ -35,6 +37,7 @@ CATALOGUE: dict[str, Contract] = catalogue(*plans.CONTRACTS, *profiles.CONTRACTS
 
 __all__ = [
     "CATALOGUE",
+    "PLAN_CANCEL_REFRESH",
     "PLAN_CHANGED",
     "PLAN_CREATE",
     "PLAN_GET",
@@ -45,6 +48,7 @@ __all__ = [
     "PROFILE_UPDATE_INTENT",
     "Contract",
     "Mode",
+    "PlanCancelRefresh",
     "PlanChanged",
     "PlanCreate",
     "PlanGet",

@@ -50,6 +50,12 @@ class PlanScheduleRefresh(Strict):
     every_minutes: int = Field(ge=1, le=7 * 24 * 60)
 
 
+class PlanCancelRefresh(Strict):
+    """Stop the standing refresh of a plan that you set up."""
+
+    plan_id: PlanId = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+
+
 class PlanPrune(Strict):
     """Maintenance: forget plans nobody refreshed for `older_than_days`."""
 
@@ -84,6 +90,14 @@ PLAN_SCHEDULE_REFRESH = Contract(
     summary="Have the scheduler refresh a plan periodically on your behalf",
 )
 
+# No role needed: it only ever removes the sender's own standing refresh, and a
+# user who lost "planner" must still be able to stop work done on their behalf.
+PLAN_CANCEL_REFRESH = Contract(
+    "plan.cancel_refresh",
+    PlanCancelRefresh,
+    summary="Stop the periodic refresh of a plan you scheduled",
+)
+
 CONTRACTS = (
     PLAN_CREATE,
     PLAN_REFRESH,
@@ -91,4 +105,5 @@ CONTRACTS = (
     PLAN_CHANGED,
     PLAN_PRUNE,
     PLAN_SCHEDULE_REFRESH,
+    PLAN_CANCEL_REFRESH,
 )

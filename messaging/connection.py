@@ -83,6 +83,11 @@ class Link:
         return self._ready.is_set() and self._connection is not None
 
     @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The connect loop, while it runs; it ends only on stop() or giving up."""
+        return self._task
+
+    @property
     def connection(self) -> AbstractConnection:
         """The open connection, or BrokerUnavailable when there is none now."""
         if not self.is_ready or self._connection is None:

@@ -1,64 +1,57 @@
 """The consumer runtime: from a delivery to a handler call to exactly one outcome.
 
-Each delivery ends in one of four ways, and only this module decides which:
+For each delivery the consumer checks everything that needs no handler (size,
+content type, message type, identity, trust, chain depth, roles, payload), runs
+the handler under its deadline and hands the result to :mod:`messaging.outcomes`,
+which settles the delivery. Trust and schema failures are never retried: the
+same bytes would fail the same way. A failure this module did not foresee is
+logged with its traceback and the delivery is rejected to the queue's
+dead-letter exchange (quarantine), so it never sits unacked.
 
-    handler returned            -> ack (and a reply, when one was asked for)
-    handler failed, tries left  -> copy to the retry queue with attempt + 1, ack
-    handler failed, no tries    -> copy to the dead queue with the error, ack
-    trust or schema failure     -> copy to the quarantine queue with the reason, ack
-
-The original is acked only after its copy is confirmed by the broker; if the copy
-cannot be published the original is requeued, so nothing is lost. Trust and
-schema failures are never retried: the same bytes would fail the same way.
+Deliveries come straight from the AMQP channel under aio-pika (aiormq), one task
+each, without aio-pika's per-message wrapper and task.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import aiormq.abc
 import pydantic
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractConnection,
-    AbstractIncomingMessage,
-    AbstractQueue,
-)
+from aio_pika.abc import AbstractChannel, AbstractConnection
 from pamqp.commands import Basic
 from pydantic import BaseModel
 
 from messaging import headers as h
 from messaging.connection import CONNECTION_ERRORS, Link
+from messaging.delivery import Acks, Delivery
 from messaging.errors import (
-    BrokerTooOld,
     BrokerUnavailable,
     ChainTooDeep,
     HeaderTypeError,
     HeaderValueError,
     IdentityError,
     MessageRejected,
-    PublishError,
     Reject,
-    Retry,
     SchemaError,
     UnknownMessageType,
 )
-from messaging.handlers import Context, HandlerSpec, enter_context, leave_context
+from messaging.handlers import Context, HandlerSpec, enter_context
 from messaging.identity import Principal, decode_principal
-from messaging.logcontext import MessageContext, message_context
+from messaging.logcontext import MessageContext, bind_message_context
+from messaging.outcomes import Outcomes
 from messaging.publisher import Publisher
 from messaging.rpc import Requester
 from messaging.settings import BrokerSettings
-from messaging.signing import OriginAssertion, Signer, carrying
-from messaging.topology import Binding, Topology, supports_quorum
-from messaging.trust import TRUST_REFUSALS, TrustPolicy
+from messaging.signing import OriginAssertion, Signer, carry
+from messaging.topology import Binding, Topology
+from messaging.trust import TrustPolicy
 
 logger = logging.getLogger(__name__)
-security_log = logging.getLogger("baton.security")
 
 MAX_ATTEMPT = 100
 # After an unexpected reconnect the consumer takes one message at a time for this
@@ -95,8 +88,15 @@ class Consumer:
         self.requester = Requester(
             self.link, self.publisher, self.topology, owner=service
         )
-        self._queue: AbstractQueue | None = None
+        self.outcomes = Outcomes(
+            service,
+            self.topology,
+            self.publisher,
+            on_settled=trust.settled if trust is not None else None,
+        )
         self._channel: AbstractChannel | None = None
+        self._underlay: aiormq.abc.AbstractChannel | None = None
+        self._acks: Acks | None = None
         self._consumer_tag: str | None = None
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -136,35 +136,36 @@ class Consumer:
                 self._in_flight,
                 self.settings.stop_timeout,
             )
+        if self._acks is not None:
+            await self._acks.drain()
         await self.requester.close()
         await self.publisher.close()
         await self.link.stop()
 
     async def _attach(self, connection: AbstractConnection) -> None:
-        if self.topology.quorum and not supports_quorum(_server_properties(connection)):
-            raise BrokerTooOld(
-                "this broker has no quorum queues: set quorum_queues off"
-            )
         channel = await connection.channel(publisher_confirms=False)
         self.link.watch(channel)
         underlay = await channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(self._on_cancelled_by_broker)
-        self._channel = channel
+        self._channel, self._underlay = channel, underlay
 
         prefetch = self.settings.prefetch
         if self.link.reconnects and prefetch > 1:
             self._probation = PROBATION_MESSAGES
             prefetch = 1
         await channel.set_qos(prefetch_count=prefetch)
+        acks = Acks(underlay, batch=_ack_batch(prefetch))
+        self._acks = acks
 
         bindings = [
             Binding(spec.route, spec.message_type) for spec in self._handlers.values()
         ]
         queue = await self.topology.declare_service(channel, self.service, bindings)
         self.queue_name = queue.name
-        self._queue = queue
         if not self._stopping:
-            self._consumer_tag = await queue.consume(self._on_message)
+            on_delivery = functools.partial(self._on_delivery, acks)
+            ok = await underlay.basic_consume(queue.name, on_delivery)
+            self._consumer_tag = ok.consumer_tag
             logger.info(
                 "%s: consuming %s (prefetch %d)", self.service, queue.name, prefetch
             )
@@ -183,82 +184,110 @@ class Consumer:
         self.link.mark_lost()
 
     async def _cancel_consumer(self) -> None:
-        queue, tag = self._queue, self._consumer_tag
+        underlay, tag = self._underlay, self._consumer_tag
         self._consumer_tag = None
-        if queue is None or tag is None:
+        if underlay is None or tag is None or underlay.is_closed:
             return
         try:
-            await queue.cancel(tag)
+            await underlay.basic_cancel(tag)
         except CONNECTION_ERRORS as exc:
             logger.debug(
                 "%s: cancel failed, connection already gone: %s", self.service, exc
             )
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_delivery(
+        self, acks: Acks, message: aiormq.abc.DeliveredMessage
+    ) -> None:
         self._in_flight += 1
         self._idle.clear()
-        log_context = MessageContext(
-            message_id=message.message_id or "-",
-            correlation_id=message.correlation_id or "-",
-            queue=self.queue_name,
+        delivery = Delivery(message, acks)
+        log_context = MessageContext.of(
+            delivery.message_id, delivery.correlation_id, self.queue_name
         )
+        # Each delivery runs in a task of its own (aiormq starts one per
+        # message), so what is bound to its context is dropped with the task.
+        bind_message_context(log_context)
         try:
-            with message_context(log_context):
-                await self._process(message)
+            await self._guarded(delivery, log_context)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
 
-    async def _process(self, message: AbstractIncomingMessage) -> None:
+    async def _guarded(self, delivery: Delivery, log_context: MessageContext) -> None:
+        """Process one delivery; whatever goes wrong, it does not stay unacked."""
         try:
-            spec, principal, attempt, origin = self._admit(message)
-            payload = _validate(spec, message.body)
+            await self._process(delivery, log_context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line: never leave it unacked
+            await self._reject_unforeseen(delivery, exc)
+        if self._probation and delivery.channel_open:
+            self._probation -= 1
+            if self._probation == 0:
+                await self._end_probation()
+
+    async def _reject_unforeseen(self, delivery: Delivery, exc: Exception) -> None:
+        if not delivery.channel_open:
+            # Lost with the channel: the broker gives the delivery back itself.
+            logger.warning("lost the broker while settling a delivery: %s", exc)
+            return
+        logger.error(
+            "unexpected failure; rejecting the delivery to quarantine", exc_info=exc
+        )
+        try:
+            await delivery.reject()
+        except CONNECTION_ERRORS as lost:
+            logger.warning("could not reject, the broker will redeliver: %s", lost)
+
+    async def _process(self, delivery: Delivery, log_context: MessageContext) -> None:
+        try:
+            spec, principal, attempt, origin = self._admit(delivery)
+            payload = _validate(spec, delivery.body)
         except (IdentityError, MessageRejected) as exc:
-            await self._quarantine(message, exc)
+            await self.outcomes.quarantined(delivery, exc)
             return
 
         context = Context(
             principal=principal,
             service=self.service,
-            message_id=message.message_id or "",
-            correlation_id=message.correlation_id or message.message_id or "",
+            message_id=delivery.message_id or "",
+            correlation_id=delivery.correlation_id or delivery.message_id or "",
             message_type=spec.message_type,
             attempt=attempt,
             publisher=self.publisher,
             topology=self.topology,
             requester=self.requester,
             request_timeout=self.settings.request_timeout,
-            sent_by=self.trust.sender(message) if self.trust else "",
+            max_publishes=self.settings.max_publishes_per_delivery,
+            sent_by=self.trust.sender(delivery) if self.trust else "",
         )
-        with (
-            message_context(_with_principal(message, self.queue_name, principal)),
-            carrying(origin),
-        ):
-            await self._run_handler(message, spec, context, payload)
+        bind_message_context(log_context.acting_for(principal))
+        carry(origin)
+        await self._run_handler(delivery, spec, context, payload)
 
     def _admit(
-        self, message: AbstractIncomingMessage
+        self, delivery: Delivery
     ) -> tuple[HandlerSpec[Any], Principal, int, OriginAssertion | None]:
         """Every check that needs no handler: each failure is final, never retried."""
-        if len(message.body) > self.settings.max_body_bytes:
+        if len(delivery.body) > self.settings.max_body_bytes:
             raise SchemaError(
-                f"body is {len(message.body)} bytes, over the limit "
+                f"body is {len(delivery.body)} bytes, over the limit "
                 f"{self.settings.max_body_bytes}"
             )
-        if message.content_type != h.CONTENT_TYPE:
+        if delivery.content_type != h.CONTENT_TYPE:
             raise SchemaError(
-                f"content type {message.content_type!r} is not {h.CONTENT_TYPE!r}"
+                f"content type {delivery.content_type!r} is not {h.CONTENT_TYPE!r}"
             )
-        spec = self._handlers.get(message.type or "")
+        spec = self._handlers.get(delivery.type or "")
         if spec is None:
             raise UnknownMessageType(
-                f"{self.service} has no handler for message type {message.type!r}"
+                f"{self.service} has no handler for message type {delivery.type!r}"
             )
 
-        principal = decode_principal(message.headers)
-        origin = self.trust.admit(message, spec, principal) if self.trust else None
-        attempt = _attempt(message.headers)
+        principal = decode_principal(delivery.headers)
+        origin = self.trust.admit(delivery, spec, principal) if self.trust else None
+        attempt = _attempt(delivery.headers)
         if len(principal.actors) > self.settings.max_chain_depth:
             raise ChainTooDeep(
                 f"actor chain {' > '.join(principal.actors)} is deeper than "
@@ -269,23 +298,27 @@ class Consumer:
 
     async def _run_handler(
         self,
-        message: AbstractIncomingMessage,
+        delivery: Delivery,
         spec: HandlerSpec[Any],
         context: Context,
         payload: BaseModel,
     ) -> None:
-        token = enter_context(context)
+        enter_context(context)
         deadline = asyncio.timeout(self.settings.handler_timeout)
         try:
             async with deadline:
                 result = await spec.func(context, payload)
+            if delivery.reply_to:
+                _check_result(spec, result)
         except Reject as exc:
-            await self._fail(message, context, exc, exc.reason, final=True)
+            await self.outcomes.failed(
+                delivery, context.attempt, exc, exc.reason, final=True
+            )
             return
         except MessageRejected as exc:
             # A handler found the message itself unacceptable (a request for
             # another user's data): that is a trust failure, never retried.
-            await self._quarantine(message, exc)
+            await self.outcomes.quarantined(delivery, exc)
             return
         except TimeoutError as exc:
             # A handler's own timeout (a slow upstream) is not our deadline.
@@ -294,161 +327,20 @@ class Consumer:
                 if deadline.expired()
                 else _describe(exc)
             )
-            await self._fail(message, context, exc, reason, final=False)
+            await self.outcomes.failed(
+                delivery, context.attempt, exc, reason, final=False
+            )
             return
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any handler failure is retried
-            await self._fail(message, context, exc, _describe(exc), final=False)
+            await self.outcomes.failed(
+                delivery, context.attempt, exc, _describe(exc), final=False
+            )
             return
-        finally:
-            leave_context(token)
 
-        if message.reply_to:
-            await self._reply(message, context, result, error=None)
-        await self._settle(message)
+        await self.outcomes.handled(delivery, result)
         logger.debug("handled %s", spec.message_type)
-
-    async def _fail(
-        self,
-        message: AbstractIncomingMessage,
-        context: Context,
-        exc: BaseException,
-        reason: str,
-        *,
-        final: bool,
-    ) -> None:
-        if message.reply_to:
-            # A caller is waiting: it gets the error now and decides itself
-            # whether to ask again, instead of waiting out our retries.
-            await self._reply(message, context, None, error=exc)
-            await self._settle(message)
-            logger.info("request %s failed: %s", context.message_type, reason)
-            return
-
-        delay = None if final else self.topology.retry_delay(context.attempt + 1)
-        if isinstance(exc, Retry) and exc.delay is not None and delay is not None:
-            delay = self._delay_at_least(exc.delay)
-        if delay is not None:
-            logger.info(
-                "attempt %d failed, retrying in %ss: %s",
-                context.attempt + 1,
-                delay,
-                reason,
-            )
-            await self._forward(
-                message,
-                self.topology.retry_exchange(self.service),
-                self.topology.retry_queue(self.service, delay),
-                {
-                    h.ATTEMPT: context.attempt + 1,
-                    h.FAILURE_REASON: reason,
-                    **self._origin(message),
-                },
-            )
-            return
-
-        if isinstance(exc, Reject | Retry | TimeoutError):
-            logger.warning(
-                "dead-lettering after %d attempts: %s", context.attempt + 1, reason
-            )
-        else:
-            logger.error("dead-lettering: handler failed", exc_info=exc)
-        await self._forward(
-            message,
-            self.topology.dead_exchange(self.service),
-            self.service,
-            self._failure_headers(message, type(exc).__name__, reason),
-        )
-
-    async def _quarantine(
-        self, message: AbstractIncomingMessage, exc: IdentityError | MessageRejected
-    ) -> None:
-        security_log.warning(
-            "quarantined %s from %r: %s: %s",
-            message.message_id,
-            message.user_id,
-            exc.code,
-            exc,
-        )
-        if (
-            message.reply_to
-            and not isinstance(exc, IdentityError)
-            and not isinstance(exc, TRUST_REFUSALS)
-        ):
-            await self._reply_error_raw(message, exc)
-        await self._forward(
-            message,
-            self.topology.quarantine_exchange(self.service),
-            self.service,
-            self._failure_headers(message, exc.code, str(exc)),
-        )
-
-    def _failure_headers(
-        self, message: AbstractIncomingMessage, code: str, reason: str
-    ) -> dict[str, Any]:
-        return {
-            h.FAILURE_CODE: code,
-            h.FAILURE_REASON: reason[:1000],
-            h.FAILED_BY: self.service,
-            **self._origin(message),
-        }
-
-    def _origin(self, message: AbstractIncomingMessage) -> dict[str, str]:
-        """Where the message was first published, also after a trip through retry.
-
-        A retried message comes back through our ``redeliver``; the exchange and
-        routing key it was first sent to travel in our transport headers.
-        """
-        exchange, routing_key = message.exchange or "", message.routing_key or ""
-        table = message.headers or {}
-        first = table.get(h.ORIGINAL_EXCHANGE), table.get(h.ORIGINAL_ROUTING_KEY)
-        if exchange == self.topology.redeliver_exchange(self.service) and all(
-            type(value) is str for value in first
-        ):
-            exchange, routing_key = str(first[0]), str(first[1])
-        return {h.ORIGINAL_EXCHANGE: exchange, h.ORIGINAL_ROUTING_KEY: routing_key}
-
-    async def _forward(
-        self,
-        message: AbstractIncomingMessage,
-        exchange: str,
-        routing_key: str,
-        headers: dict[str, Any],
-    ) -> None:
-        try:
-            await self.publisher.republish(exchange, routing_key, message, headers)
-        except PublishError as exc:
-            logger.warning(
-                "could not move the message to %s, requeueing: %s", exchange, exc
-            )
-            await self._settle(message, requeue=True)
-            return
-        await self._settle(message)
-
-    async def _settle(
-        self, message: AbstractIncomingMessage, *, requeue: bool | None = None
-    ) -> None:
-        try:
-            if requeue:
-                await message.nack(requeue=True)
-            else:
-                await message.ack()
-        except CONNECTION_ERRORS as exc:
-            # The channel is gone, so the broker requeues the message itself and
-            # will deliver it again; acking it twice is impossible.
-            logger.warning(
-                "ack lost with the channel, the broker will redeliver: %s", exc
-            )
-            return
-        if self.trust is not None and not requeue:
-            # Settled, whatever the outcome: a copy of this delivery that comes
-            # again, even flagged redelivered, is a replay.
-            self.trust.settled(message)
-        if self._probation and not requeue:
-            self._probation -= 1
-            if self._probation == 0:
-                await self._end_probation()
 
     async def _end_probation(self) -> None:
         channel = self._channel
@@ -456,67 +348,17 @@ class Consumer:
             return
         try:
             await channel.set_qos(prefetch_count=self.settings.prefetch)
+            if self._acks is not None:
+                self._acks.batch = _ack_batch(self.settings.prefetch)
             logger.info("%s: prefetch back to %d", self.service, self.settings.prefetch)
         except CONNECTION_ERRORS as exc:
             logger.debug("could not restore prefetch: %s", exc)
 
-    async def _reply(
-        self,
-        message: AbstractIncomingMessage,
-        context: Context,
-        result: BaseModel | None,
-        *,
-        error: BaseException | None,
-    ) -> None:
-        headers: dict[str, Any] = {}
-        if error is not None:
-            headers[h.ERROR_TYPE] = type(error).__name__
-            body: bytes = _error_body(error)
-        elif result is None:
-            body = b"null"
-        else:
-            body = result.model_dump_json().encode()
-        await self._send_reply(message, body, headers)
 
-    async def _reply_error_raw(
-        self, message: AbstractIncomingMessage, exc: MessageRejected
-    ) -> None:
-        await self._send_reply(message, _error_body(exc), {h.ERROR_TYPE: exc.code})
-
-    async def _send_reply(
-        self, message: AbstractIncomingMessage, body: bytes, headers: dict[str, Any]
-    ) -> None:
-        exchange = self.topology.reply_exchange_for(message.reply_to or "")
-        if exchange is None:
-            logger.warning("not replying to %r: no reply queue", message.reply_to)
-            return
-        try:
-            await self.publisher.publish(
-                exchange,
-                message.reply_to or "",
-                message_type=f"{message.type}.reply",
-                body=body,
-                principal=None,
-                message_id=uuid.uuid4().hex,
-                correlation_id=message.message_id,
-                headers=headers,
-            )
-        except PublishError as exc:
-            # The caller has gone (its reply queue is deleted) or timed out.
-            logger.info("reply to %s not delivered: %s", message.reply_to, exc)
-
-    def _delay_at_least(self, wanted: float) -> float:
-        for delay in self.topology.retry_delays:
-            if delay >= wanted:
-                return delay
-        return self.topology.retry_delays[-1]
-
-
-def _server_properties(connection: AbstractConnection) -> dict[str, Any]:
-    underlay = connection.transport
-    if underlay is None:
-        return {}
-    return dict(underlay.connection.server_properties)
+def _ack_batch(prefetch: int) -> int:
+    # A quarter of the window: enough to share frames, and the broker still
+    # has three quarters of the prefetch to keep sending meanwhile.
+    return max(1, prefetch // 4)
 
 
 def _validate(spec: HandlerSpec[Any], body: bytes) -> BaseModel:
@@ -533,6 +375,15 @@ def _validate(spec: HandlerSpec[Any], body: bytes) -> BaseModel:
         ) from None
 
 
+def _check_result(spec: HandlerSpec[Any], result: object) -> None:
+    """A request's handler must answer with a model (or None), never anything else."""
+    if result is not None and not isinstance(result, BaseModel):
+        raise TypeError(
+            f"the handler of {spec.message_type} returned "
+            f"{type(result).__name__}, not a pydantic model or None"
+        )
+
+
 def _attempt(headers: Any) -> int:
     value = (headers or {}).get(h.ATTEMPT, 0)
     if type(value) is not int:
@@ -544,22 +395,5 @@ def _attempt(headers: Any) -> int:
     return value
 
 
-def _with_principal(
-    message: AbstractIncomingMessage, queue: str, principal: Principal
-) -> MessageContext:
-    return MessageContext(
-        message_id=message.message_id or "-",
-        correlation_id=message.correlation_id or "-",
-        queue=queue,
-        principal=f"{principal.kind.value}:{principal.subject}",
-    )
-
-
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
-
-
-def _error_body(exc: BaseException) -> bytes:
-    return json.dumps(
-        {"error": type(exc).__name__, "message": str(exc)[:1000]}
-    ).encode()

@@ -17,9 +17,11 @@ BatonError
 │   ├── UntrustedPublisher        no user_id, or a publisher not declared for the type
 │   ├── InvalidSignature          the signed assertion is missing, forged or moved
 │   ├── ReplayedMessage           a message id admitted before arrives again
-│   └── UnprovenPrincipal         a service speaks for a user no introducer vouched for
+│   ├── UnprovenPrincipal         a service speaks for a user no introducer vouched for
+│   └── TooManyPublishes          one delivery published more than the cap allows
 ├── TrustConfigError              trust settings or broker rights are unsafe: no start
 │   └── SigningConfigError        a signing key or key ring cannot be used
+├── BrokerTooOld                  the broker lacks what the settings require: no start
 ├── PublishError                  the broker did not take a message
 │   ├── PublishNacked             the broker answered the publish with a nack
 │   ├── MessageReturned           the message was unroutable (mandatory return)
@@ -27,10 +29,19 @@ BatonError
 │   └── BrokerUnavailable         no connection to the broker
 ├── RequestError                  a request/reply exchange failed
 │   ├── RequestTimeout            no reply within the deadline
-│   └── RemoteError               the callee answered with an error
+│   └── RemoteError               the callee answered with an error (error_type)
+│       ├── RemoteRefusal         it refused who the work is for (a MessageRejected)
+│       ├── RemoteRejection       it refused the request for good (a Reject)
+│       │   └── RemoteNotFound    what the request names does not exist
+│       └── RemoteFailure         it failed while handling the request: retry
 └── HandlerOutcome                raised by handlers to choose what happens next
     ├── Retry                     try again later (optionally after a given delay)
     └── Reject                    permanent failure: dead-letter now, no retries
+
+A handler that lets a RemoteError propagate gets the outcome its kind says: a
+refusal is quarantined like the caller's own trust failure, a rejection is
+dead-lettered at once, a failure is retried. ``messaging/rpc.py`` decides the
+kind from the reply's ``baton-error-type``.
 """
 
 from __future__ import annotations
@@ -136,12 +147,22 @@ class UnprovenPrincipal(MessageRejected):
     code = "UnprovenPrincipal"
 
 
+class TooManyPublishes(MessageRejected):
+    """Handling one delivery published more messages than the per-delivery cap."""
+
+    code = "TooManyPublishes"
+
+
 class TrustConfigError(BatonError):
     """The trust settings or the broker account's rights make starting unsafe."""
 
 
 class SigningConfigError(TrustConfigError):
     """A signing key or key ring is missing, unreadable or malformed."""
+
+
+class BrokerTooOld(BatonError):
+    """The broker lacks a feature the settings require, such as quorum queues."""
 
 
 class PublishError(BatonError):
@@ -173,10 +194,6 @@ class BrokerUnavailable(PublishError):
     """There is no usable connection to the broker."""
 
 
-class BrokerTooOld(PublishError):
-    """The broker lacks a feature the settings ask for, such as quorum queues."""
-
-
 class RequestError(BatonError):
     """A request/reply exchange with another service failed."""
 
@@ -188,10 +205,11 @@ class RequestTimeout(RequestError):
 class RemoteError(RequestError):
     """The callee handled the request and answered with an error."""
 
-    def __init__(self, error_type: str, message: str) -> None:
+    def __init__(self, error_type: str, message: str, request_type: str = "") -> None:
         super().__init__(f"{error_type}: {message}")
         self.error_type = error_type
         self.message = message
+        self.request_type = request_type
 
 
 class HandlerOutcome(BatonError):
@@ -213,3 +231,35 @@ class Reject(HandlerOutcome):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class RemoteRefusal(RemoteError, MessageRejected):
+    """The callee refused the principal or its chain; the caller's delivery too.
+
+    The request carried the caller's own principal, one hop longer: a user who
+    may not read that profile, or a chain past the depth limit, is refused for
+    the caller's delivery as well. Retrying would ask again for the same thing,
+    so the caller quarantines its delivery, under the callee's code.
+    """
+
+    def __init__(self, error_type: str, message: str, request_type: str = "") -> None:
+        super().__init__(error_type, message, request_type)
+        self.code = error_type
+
+
+class RemoteRejection(RemoteError, Reject):
+    """The callee refused the request as it was sent, for good.
+
+    A payload it cannot read, a sender it does not trust, a handler it lacks:
+    the caller's delivery is not at fault, the caller's code or deployment is.
+    Asking again gets the same answer, so the caller dead-letters its delivery
+    at once, to be replayed after the fix.
+    """
+
+
+class RemoteNotFound(RemoteRejection):
+    """What the request names does not exist, or not for this principal."""
+
+
+class RemoteFailure(RemoteError):
+    """The callee failed while handling the request; asking again may succeed."""

@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from messaging.errors import Forbidden
+from messaging.errors import Forbidden, TooManyPublishes
 from messaging.identity import Origin, Principal, PrincipalKind
 from messaging.publisher import Publisher
 from messaging.rpc import Requester
@@ -66,10 +66,27 @@ class Context:
     topology: Topology = field(repr=False)
     requester: Requester | None = field(default=None, repr=False)
     request_timeout: float = 10.0
+    max_publishes: int = 100
     # The service that published the delivery, as the trust policy established
     # it; '' when publishers are not checked. Message ids are the publisher's
     # choice, so whatever is keyed by one is keyed by this too.
     sent_by: str = ""
+    _publishes: int = field(default=0, init=False, repr=False)
+
+    def count_publish(self) -> None:
+        """Count one more message sent for this delivery; refuse one past the cap.
+
+        The chain's depth limit stops a loop; this stops a handler (or a loop
+        inside one) that fans out without end. The delivery is quarantined
+        with the reason; what it published before the cap stays published.
+        """
+        if self._publishes >= self.max_publishes:
+            raise TooManyPublishes(
+                f"{self.service} handling {self.message_type} {self.message_id} "
+                f"tried to publish more than {self.max_publishes} messages "
+                "(BATON_MAX_PUBLISHES_PER_DELIVERY)"
+            )
+        self._publishes += 1
 
     async def publish_event(self, event_type: str, payload: BaseModel) -> str:
         """Publish an event for the same principal; returns its message id."""
@@ -90,6 +107,7 @@ class Context:
         """Ask another service for something, on behalf of the same principal."""
         if self.requester is None:
             raise RuntimeError("this context has no requester")
+        self.count_publish()
         return await self.requester.request(
             request_type,
             payload,
@@ -104,6 +122,7 @@ class Context:
         return self.principal.handed_to(self.service, origin)
 
     async def _send(self, route: Route, message_type: str, payload: BaseModel) -> str:
+        self.count_publish()
         return await self.publisher.publish(
             self.topology.exchange_for(route),
             message_type,

@@ -90,6 +90,12 @@ class Principal:
     tenant: str | None = None
 
     def __post_init__(self) -> None:
+        # A str is iterable too: roles "admin" would encode as the roles a, d,
+        # i, m, n, and actors "edge" as a chain e > d > g > e.
+        if not isinstance(self.roles, frozenset):
+            raise TypeError(f"roles must be a frozenset, got {self.roles!r}")
+        if not isinstance(self.actors, tuple):
+            raise TypeError(f"actors must be a tuple, got {self.actors!r}")
         # Building a principal in code obeys the same rules as reading one off
         # the wire, so nothing we publish can be refused by our own decoder.
         decode_principal(encode_principal(self))
@@ -112,7 +118,7 @@ class Principal:
         return cls(
             subject=subject,
             kind=PrincipalKind.USER,
-            roles=frozenset(roles),
+            roles=_role_set(roles),
             origin=origin,
             internal=origin is not Origin.HTTP,
             actors=(entered_by,),
@@ -127,7 +133,7 @@ class Principal:
         return cls(
             subject=name,
             kind=PrincipalKind.SERVICE,
-            roles=frozenset(roles),
+            roles=_role_set(roles),
             origin=origin,
             internal=True,
             actors=(name,),
@@ -148,6 +154,15 @@ class Principal:
             raise ValueError("a service passes work on by event, request or schedule")
         actors = (*self.actors, service)
         return replace(self, actors=actors, origin=origin, internal=True)
+
+
+def _role_set(roles: Iterable[str]) -> frozenset[str]:
+    if isinstance(roles, str | bytes | bytearray):
+        raise TypeError(
+            f"roles must be a collection of role names, not the single value "
+            f"{roles!r} (write [{roles!r}] for one role)"
+        )
+    return frozenset(roles)
 
 
 def encode_principal(principal: Principal) -> dict[str, Any]:

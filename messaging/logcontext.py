@@ -12,15 +12,41 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from messaging.identity import Principal
+
 
 @dataclass(frozen=True, slots=True)
 class MessageContext:
-    """What a log line about one delivery should say about it."""
+    """What a log line about one delivery should say about it.
+
+    Ids come from whoever published the message: one holding a line break or
+    another unprintable character is shown escaped, so that it cannot forge a
+    log line or hide part of one.
+    """
 
     message_id: str = "-"
     correlation_id: str = "-"
     queue: str = "-"
     principal: str = "-"
+
+    @classmethod
+    def of(
+        cls, message_id: str | None, correlation_id: str | None, queue: str
+    ) -> MessageContext:
+        return cls(loggable(message_id), loggable(correlation_id), queue)
+
+    def acting_for(self, principal: Principal) -> MessageContext:
+        # Subjects are checked against a printable pattern before a principal
+        # exists, so only the ids need escaping.
+        acting = f"{principal.kind.value}:{principal.subject}"
+        return MessageContext(self.message_id, self.correlation_id, self.queue, acting)
+
+
+def loggable(value: str | None) -> str:
+    """`value` fit for one log line: escaped when it holds unprintable characters."""
+    if not value:
+        return "-"
+    return value if value.isprintable() else ascii(value)
 
 
 _EMPTY = MessageContext()
@@ -37,6 +63,15 @@ def message_context(context: MessageContext) -> Iterator[None]:
         yield
     finally:
         _current.reset(token)
+
+
+def bind_message_context(context: MessageContext) -> None:
+    """Attach `context` to the log records of the rest of the current task.
+
+    For code that owns its task, as the consumer owns each delivery's: the
+    context is discarded with the task, so there is nothing to reset.
+    """
+    _current.set(context)
 
 
 class MessageContextFilter(logging.Filter):

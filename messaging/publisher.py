@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractExchange
+from aio_pika.abc import AbstractChannel
 from pydantic import BaseModel
 
 from messaging import headers as h
@@ -30,8 +29,17 @@ from messaging.errors import (
     PublishError,
     PublishNacked,
 )
-from messaging.identity import Principal, encode_principal
+from messaging.identity import Principal
 from messaging.signing import Destination, Signer
+from messaging.wire import (
+    HeaderTemplates,
+    OutgoingProperties,
+    table_entries,
+    timestamp_seconds,
+)
+
+if TYPE_CHECKING:
+    from messaging.delivery import Delivery
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +49,13 @@ def new_message_id() -> str:
 
 
 class Publisher:
-    """Publishes messages on one confirm channel of a :class:`Link`."""
+    """Publishes messages on one confirm channel of a :class:`Link`.
+
+    Messages go straight to the AMQP channel under aio-pika (aiormq): the
+    properties are laid out by :mod:`messaging.wire` and the publish waits for
+    the broker's confirm, not for the socket to drain, which the confirm
+    implies anyway.
+    """
 
     def __init__(
         self, link: Link, *, confirm_timeout: float = 5.0, signer: Signer | None = None
@@ -51,9 +65,10 @@ class Publisher:
         self.signer = signer
         self._confirm_timeout = confirm_timeout
         self._channel: AbstractChannel | None = None
-        self._exchanges: dict[str, AbstractExchange] = {}
+        self._underlay: aiormq.Channel | None = None
         self._opening = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
+        self._templates = HeaderTemplates()
 
     @property
     def broker_user(self) -> str:
@@ -76,13 +91,10 @@ class Publisher:
         """Publish and wait for the broker's confirm; returns the message id."""
         message_id = message_id or new_message_id()
         correlation_id = correlation_id or message_id
-        table: dict[str, Any] = dict(headers or {})
-        if principal is not None:
-            table.update(encode_principal(principal))
         payload = body if isinstance(body, bytes) else body.model_dump_json().encode()
         if self.signer is not None:
             destination = Destination(exchange, routing_key, message_type)
-            signature = self.signer.sign(
+            signed = self.signer.sign(
                 destination,
                 message_id,
                 payload,
@@ -90,22 +102,19 @@ class Publisher:
                 correlation_id=correlation_id,
                 reply_to=reply_to or "",
             )
-            table.update(signature)
+            headers = {**headers, **signed} if headers else signed
 
-        message = aio_pika.Message(
-            payload,
-            headers=table,
-            content_type=h.CONTENT_TYPE,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        properties = OutgoingProperties(
+            table=self._templates.table(principal, headers),
             message_id=message_id,
             correlation_id=correlation_id,
-            timestamp=datetime.now(UTC),
-            type=message_type,
+            message_type=message_type,
             user_id=self._link.user,
+            timestamp=int(time.time()),
             reply_to=reply_to,
-            expiration=expiration,
+            expiration=_milliseconds(expiration),
         )
-        await self._send(exchange, routing_key, message)
+        await self._send(exchange, routing_key, payload, properties)
         logger.debug("published %s %s to %s", message_type, message_id, exchange)
         return message_id
 
@@ -113,62 +122,69 @@ class Publisher:
         self,
         exchange: str,
         routing_key: str,
-        message: aio_pika.abc.AbstractMessage,
+        message: Delivery,
         headers: Mapping[str, Any],
     ) -> None:
         """Publish a copy of a received message with extra transport headers.
 
         The copy keeps the body and properties but is sent under our own broker
         account (RabbitMQ refuses any other ``user_id``); the original publisher
-        is kept in a header instead.
+        is kept in a header instead. Header values the AMQP client cannot send
+        back as they came (text that was not UTF-8) are carried as byte arrays.
         """
-        table = dict(message.headers or {})
+        table = encodable(message.headers or {})
         if message.user_id and message.user_id != self._link.user:
             table[h.ORIGINAL_PUBLISHER] = message.user_id
         table.update(headers)
-        copy = aio_pika.Message(
-            message.body,
-            headers=table,
+        properties = OutgoingProperties(
+            table=table_entries(table),
+            message_id=message.message_id or new_message_id(),
+            correlation_id=message.correlation_id or "",
+            message_type=message.type or "",
+            user_id=self._link.user,
+            timestamp=timestamp_seconds(message.timestamp, int(time.time())),
+            reply_to=message.reply_to,
             content_type=message.content_type,
             content_encoding=message.content_encoding,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            timestamp=message.timestamp,
-            type=message.type,
-            user_id=self._link.user,
-            reply_to=message.reply_to,
         )
-        await self._send(exchange, routing_key, copy)
+        await self._send(exchange, routing_key, message.body, properties)
 
     async def close(self) -> None:
-        channel, self._channel = self._channel, None
-        self._exchanges.clear()
+        channel, self._channel, self._underlay = self._channel, None, None
         if channel is not None and not channel.is_closed:
             await _close_quietly(channel)
         await asyncio.gather(*list(self._closing))
 
     async def _send(
-        self, exchange: str, routing_key: str, message: aio_pika.Message
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: OutgoingProperties,
     ) -> None:
-        target = await self._exchange(exchange)
+        channel = self._underlay
+        if channel is None or channel.is_closed:
+            channel = await self._open_channel()
         try:
-            await target.publish(
-                message,
-                routing_key,
+            await channel.basic_publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=properties,
                 mandatory=True,
                 timeout=self._confirm_timeout,
+                wait=False,
             )
         except aiormq.exceptions.PublishError as exc:
             raise MessageReturned(exchange, routing_key, str(exc.args[0])) from exc
         except aiormq.exceptions.DeliveryError as exc:
             raise PublishNacked(
-                f"broker refused message {message.message_id} to {exchange!r}"
+                f"broker refused message {properties.message_id} to {exchange!r}"
             ) from exc
         except TimeoutError as exc:
             self._forget_channel()
             raise ConfirmTimeout(
-                f"no confirm for message {message.message_id} within "
+                f"no confirm for message {properties.message_id} within "
                 f"{self._confirm_timeout}s"
             ) from exc
         except aiormq.exceptions.ChannelClosed as exc:
@@ -182,27 +198,20 @@ class Publisher:
                 f"publishing to {exchange!r} failed: {exc}"
             ) from exc
 
-    async def _exchange(self, name: str) -> AbstractExchange:
-        channel = await self._open_channel()
-        exchange = self._exchanges.get(name)
-        if exchange is None:
-            exchange = await channel.get_exchange(name, ensure=False)
-            self._exchanges[name] = exchange
-        return exchange
-
-    async def _open_channel(self) -> AbstractChannel:
-        if self._channel is not None and not self._channel.is_closed:
-            return self._channel
+    async def _open_channel(self) -> aiormq.Channel:
         async with self._opening:
-            if self._channel is None or self._channel.is_closed:
-                self._exchanges.clear()
+            if self._underlay is None or self._underlay.is_closed:
                 try:
-                    self._channel = await self._link.connection.channel(
+                    channel = await self._link.connection.channel(
                         publisher_confirms=True, on_return_raises=True
                     )
+                    underlay = await channel.get_underlay_channel()
                 except CONNECTION_ERRORS as exc:
                     raise BrokerUnavailable(f"cannot open a channel: {exc}") from exc
-        return self._channel
+                if not isinstance(underlay, aiormq.Channel):
+                    raise TypeError(f"not an aiormq channel: {underlay!r}")
+                self._channel, self._underlay = channel, underlay
+        return self._underlay
 
     def _forget_channel(self) -> None:
         """Drop a channel we no longer trust; the next publish opens a fresh one.
@@ -210,12 +219,37 @@ class Publisher:
         The old channel is closed in the background: left open, each confirm
         timeout would leak one channel on the connection until it reconnects.
         """
-        channel, self._channel = self._channel, None
-        self._exchanges.clear()
+        channel, self._channel, self._underlay = self._channel, None, None
         if channel is not None and not channel.is_closed:
             task = asyncio.create_task(_close_quietly(channel))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+
+
+def encodable(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of received headers that the AMQP client can encode again.
+
+    pamqp decodes a long string that is not UTF-8 as ``bytes`` but refuses to
+    encode ``bytes``; the same octets travel on as a byte array instead.
+    """
+    return {key: _encodable(value) for key, value in headers.items()}
+
+
+def _encodable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, dict):
+        return encodable(value)
+    if isinstance(value, list):
+        return [_encodable(item) for item in value]
+    return value
+
+
+def _milliseconds(seconds: float | None) -> str | None:
+    """An AMQP per-message TTL (milliseconds, as text) for `seconds`."""
+    if seconds is None:
+        return None
+    return str(max(0, round(seconds * 1000)))
 
 
 async def _close_quietly(channel: AbstractChannel) -> None:

@@ -15,14 +15,22 @@ import contextlib
 import json
 import logging
 import uuid
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import BaseModel, ValidationError
 
 from messaging import headers as h
 from messaging.connection import CONNECTION_ERRORS, Link
-from messaging.errors import BrokerUnavailable, RemoteError, RequestTimeout
+from messaging.errors import (
+    BrokerUnavailable,
+    RemoteError,
+    RemoteFailure,
+    RemoteNotFound,
+    RemoteRefusal,
+    RemoteRejection,
+    RequestTimeout,
+)
 from messaging.identity import Principal
 from messaging.publisher import Publisher, new_message_id
 from messaging.topology import Topology
@@ -86,7 +94,7 @@ class Requester:
                 ) from None
         finally:
             self._pending.pop(message_id, None)
-        return _decode_reply(reply, reply_model)
+        return _decode_reply(reply, reply_model, request_type)
 
     async def close(self) -> None:
         for waiter in self._pending.values():
@@ -131,7 +139,47 @@ class Requester:
                 waiter.set_exception(BrokerUnavailable("the reply channel closed"))
 
 
-def _decode_reply(message: AbstractIncomingMessage, model: type[R]) -> R:
+# What a callee's error type means for the caller (messaging/errors.py). The
+# names are the codes of the callee's refusals and the class names of its
+# handler's errors, as the consumer writes them into baton-error-type.
+REFUSALS: Final = frozenset({"Forbidden", "ChainTooDeep", "UnprovenPrincipal"})
+REJECTIONS: Final = frozenset(
+    {
+        "MessageRejected",
+        "SchemaError",
+        "UnknownMessageType",
+        "UntrustedPublisher",
+        "InvalidSignature",
+        "ReplayedMessage",
+        "TooManyPublishes",
+        "IdentityChanged",
+        "Reject",
+        "UndeclaredMessage",
+        "PublishKeyReused",
+        "InvalidReply",
+    }
+)
+NOT_FOUND: Final = "NotFound"
+
+
+def remote_error(error_type: str, message: str, request_type: str) -> RemoteError:
+    """The typed error for a callee's answer `error_type`; unknown types are failures.
+
+    Anything not known to be final is retryable: a callee's crash, its
+    timeout, or an error type from a newer callee that this code predates.
+    """
+    if error_type in REFUSALS:
+        return RemoteRefusal(error_type, message, request_type)
+    if error_type == NOT_FOUND:
+        return RemoteNotFound(error_type, message, request_type)
+    if error_type in REJECTIONS:
+        return RemoteRejection(error_type, message, request_type)
+    return RemoteFailure(error_type, message, request_type)
+
+
+def _decode_reply(
+    message: AbstractIncomingMessage, model: type[R], request_type: str
+) -> R:
     error_type = (message.headers or {}).get(h.ERROR_TYPE)
     if error_type is not None:
         try:
@@ -139,10 +187,10 @@ def _decode_reply(message: AbstractIncomingMessage, model: type[R]) -> R:
             text = str(detail.get("message", ""))
         except (ValueError, AttributeError):
             text = message.body[:200].decode("utf-8", "replace")
-        raise RemoteError(str(error_type), text)
+        raise remote_error(str(error_type)[:64], text, request_type)
     try:
         return model.model_validate_json(message.body)
     except ValidationError as exc:
-        raise RemoteError(
-            "InvalidReply", f"reply does not fit {model.__name__}: {exc}"
+        raise remote_error(
+            "InvalidReply", f"reply does not fit {model.__name__}: {exc}", request_type
         ) from None

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
+from typing import Any, Final
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from messaging.topology import Topology
+from messaging.topology import QuorumQueues, Topology
+
+# Each delay is a queue per service, and the broker counts TTLs in whole
+# milliseconds; a day is longer than any retry that is still worth making.
+MAX_RETRIES: Final = 20
+MIN_RETRY_DELAY: Final = 0.001
+MAX_RETRY_DELAY: Final = 24 * 3600.0
 
 
 class BrokerSettings(BaseSettings):
@@ -27,11 +35,14 @@ class BrokerSettings(BaseSettings):
     delivery_limit: int = Field(default=10, ge=1)
     max_body_bytes: int = Field(default=256 * 1024, ge=1)
     max_chain_depth: int = Field(default=8, ge=1, le=16)
+    # Depth bounds a loop; this bounds the width of a fan-out: the events,
+    # commands and requests one delivery may publish before it is quarantined.
+    max_publishes_per_delivery: int = Field(default=100, ge=1, le=100_000)
     stop_timeout: float = Field(default=30.0, gt=0)
     request_timeout: float = Field(default=10.0, gt=0)
-    # Quorum queues need RabbitMQ 3.8 or newer; classic queues have no delivery
-    # limit, so a message that kills the consumer's connection is not bounded.
-    quorum_queues: bool = True
+    # auto: quorum queues where the broker has them (3.8 on), else classic
+    # queues with a warning; classic queues have no delivery limit.
+    quorum_queues: QuorumQueues = QuorumQueues.AUTO
     # Trust (docs/security.md): off for local development, on in the compose
     # deployment. trust_publishers checks user_id against the declarations;
     # require_signatures also checks the signed identity against the key ring.
@@ -44,6 +55,39 @@ class BrokerSettings(BaseSettings):
     origin_ttl: float = Field(default=3600.0, gt=0)
     # The management API, for `baton provision` and the startup self-check.
     management_url: SecretStr | None = None
+
+    @field_validator("quorum_queues", mode="before")
+    @classmethod
+    def _quorum_spelling(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return QuorumQueues.TRUE if value else QuorumQueues.FALSE
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _growing_delays(cls, delays: tuple[float, ...]) -> tuple[float, ...]:
+        shown = f"retry_delays {list(delays)}"
+        if not delays:
+            raise ValueError(
+                f"{shown} is empty: give at least one delay in seconds, such as "
+                "[1, 5, 30]; a failed handler is dead-lettered once they run out"
+            )
+        if len(delays) > MAX_RETRIES:
+            raise ValueError(f"{shown} has {len(delays)} delays, over {MAX_RETRIES}")
+        for delay in delays:
+            # Written so that NaN fails it too.
+            if not MIN_RETRY_DELAY <= delay <= MAX_RETRY_DELAY:
+                raise ValueError(
+                    f"{shown}: {delay} is outside {MIN_RETRY_DELAY} to "
+                    f"{MAX_RETRY_DELAY:.0f} seconds"
+                )
+        for before, after in pairwise(delays):
+            if after < before:
+                raise ValueError(
+                    f"{shown}: {after} comes after {before}; each retry waits at "
+                    "least as long as the one before"
+                )
+        return delays
 
     def topology(self) -> Topology:
         return Topology(

@@ -50,8 +50,8 @@ from messaging.replay import Copy, ReplayKey, SeenMessages
 
 __all__ = [
     "ASSERTION_VERSION",
-    "Delivery",
     "Destination",
+    "Envelope",
     "KeyRing",
     "KeyRingFile",
     "OriginAssertion",
@@ -61,6 +61,7 @@ __all__ = [
     "SigningKey",
     "Verifier",
     "carried_origin",
+    "carry",
     "carrying",
     "identity_digest",
 ]
@@ -107,8 +108,8 @@ class Destination:
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
-    """One delivery as a verifier sees it: what its signature must bind, and how
+class Envelope:
+    """A delivery as the verifier sees it: what its signature must bind, and how
     it came (the publisher and attempt are established by the trust policy)."""
 
     publisher: str
@@ -143,6 +144,11 @@ def carrying(origin: OriginAssertion | None) -> Iterator[None]:
         _carried.reset(token)
 
 
+def carry(origin: OriginAssertion | None) -> None:
+    """Like :func:`carrying`, for the rest of the current task (see the consumer)."""
+    _carried.set(origin)
+
+
 def carried_origin() -> OriginAssertion | None:
     return _carried.get()
 
@@ -167,6 +173,10 @@ class Signer:
         self._ttl = ttl
         self._origin_ttl = origin_ttl
         self._clock = clock
+        # An origin says only who the work is for, nothing of one message: the
+        # one minted for a principal serves its next messages too, until half
+        # its lifetime is gone, so that consumers verify it once, not per message.
+        self._minted: dict[tuple[Any, ...], tuple[str, float]] = {}
 
     @property
     def service(self) -> str:
@@ -231,6 +241,17 @@ class Signer:
         )
 
     def _mint_origin(self, principal: Principal, now: float) -> str:
+        vouched = (principal.kind, principal.subject, principal.roles, principal.tenant)
+        minted = self._minted.get(vouched)
+        if minted is not None and minted[1] - now > self._origin_ttl / 2:
+            return minted[0]
+        if len(self._minted) >= MINTED_CACHE_SIZE:
+            self._minted.clear()
+        token = self._seal_origin(principal, now)
+        self._minted[vouched] = (token, now + self._origin_ttl)
+        return token
+
+    def _seal_origin(self, principal: Principal, now: float) -> str:
         claims: dict[str, Any] = {
             "v": ASSERTION_VERSION,
             "iss": self.service,
@@ -267,18 +288,18 @@ class Verifier:
         self._origins: OrderedDict[str, tuple[dict[str, Any], RingKey]] = OrderedDict()
 
     def verify(
-        self, headers: Mapping[str, Any], delivery: Delivery, principal: Principal
+        self, headers: Mapping[str, Any], envelope: Envelope, principal: Principal
     ) -> OriginAssertion:
         """Check the message's signature and origin; returns the verified origin."""
         now = self._clock()
-        route = delivery.route
+        route = envelope.route
         claims = self._open(
-            headers.get(h.SIGNATURE), h.SIGNATURE, delivery.publisher, now
+            headers.get(h.SIGNATURE), h.SIGNATURE, envelope.publisher, now
         )
-        _expect(claims, "mid", delivery.message_id, "another message id")
-        _expect(claims, "cid", delivery.correlation_id, "another correlation id")
-        _expect(claims, "rt", delivery.reply_to, "another reply_to")
-        _expect(claims, "body", sha256_hex(delivery.body), "another body")
+        _expect(claims, "mid", envelope.message_id, "another message id")
+        _expect(claims, "cid", envelope.correlation_id, "another correlation id")
+        _expect(claims, "rt", envelope.reply_to, "another reply_to")
+        _expect(claims, "body", sha256_hex(envelope.body), "another body")
         _expect(claims, "ex", route.exchange, "another exchange")
         _expect(claims, "rk", route.routing_key, "another routing key")
         _expect(claims, "type", route.message_type, "another message type")
@@ -286,15 +307,15 @@ class Verifier:
 
         origin = self._origin(headers.get(h.ORIGIN_ASSERTION), principal, now)
         if not self._seen.admit(
-            delivery.replay_key,
+            envelope.replay_key,
             claims["exp"],
             now,
-            redelivered=delivery.redelivered,
-            copy=delivery.copy,
+            redelivered=envelope.redelivered,
+            copy=envelope.copy,
         ):
             raise ReplayedMessage(
-                f"message {delivery.message_id} from {delivery.publisher} (attempt "
-                f"{delivery.attempt}) was already admitted here"
+                f"message {envelope.message_id} from {envelope.publisher} (attempt "
+                f"{envelope.attempt}) was already admitted here"
             )
         return origin
 
@@ -389,6 +410,7 @@ class Verifier:
 
 
 ORIGIN_CACHE_SIZE: Final = 4096
+MINTED_CACHE_SIZE: Final = 4096
 
 
 def identity_digest(principal: Principal | None) -> str:

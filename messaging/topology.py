@@ -34,6 +34,11 @@ exchanges a service may read and write (``messaging/provision.py``).
 The shared exchanges are created by ``baton provision``; a process only checks
 that they exist (a passive declare, which needs no permission) and creates them
 itself only when they are missing and its account may (development, ``guest``).
+
+The service, dead and quarantine queues are quorum queues when the broker has
+them (RabbitMQ 3.8 on). Only a quorum queue has a delivery limit; on classic
+queues (``BATON_QUORUM_QUEUES``) nothing bounds a message that kills the
+consumer before it can be settled.
 """
 
 from __future__ import annotations
@@ -49,12 +54,33 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
+from messaging.errors import BrokerTooOld
 from messaging.identity import SERVICE_PATTERN
 
 logger = logging.getLogger(__name__)
 
 # The instance part of a reply queue's name: a requester picks 12 random hex digits.
 REPLY_INSTANCE: Final = "[0-9a-f]{12}"
+
+CLASSIC_FALLBACK: Final = (
+    "RabbitMQ %s has no quorum queues (3.8 or newer has them): declaring classic "
+    "queues for %s, as BATON_QUORUM_QUEUES=auto allows. Lost with them: the "
+    "broker's delivery limit (BATON_DELIVERY_LIMIT). A failing handler is still "
+    "bounded by Baton's own attempt count (BATON_RETRY_DELAYS), and input Baton "
+    "can read but refuses still goes to quarantine. But a message that kills the "
+    "consumer's connection before it is settled (a header table the client "
+    "cannot decode) or its process is now redelivered without end and holds up "
+    "the queue behind it, until an operator removes it. Upgrade the broker, or "
+    "set BATON_QUORUM_QUEUES=false to choose classic queues knowingly."
+)
+
+
+class QuorumQueues(StrEnum):
+    """Whether a service's queues are quorum queues (``BATON_QUORUM_QUEUES``)."""
+
+    AUTO = "auto"  # quorum when the broker has them, else classic with a warning
+    TRUE = "true"  # quorum, and refuse to start on a broker without them
+    FALSE = "false"  # classic: no delivery limit
 
 
 class Route(StrEnum):
@@ -79,7 +105,7 @@ class Topology:
     prefix: str = "baton"
     retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0)
     delivery_limit: int = 10
-    quorum: bool = True
+    quorum: QuorumQueues = QuorumQueues.AUTO
 
     @property
     def commands(self) -> str:
@@ -181,13 +207,14 @@ class Topology:
         self, channel: AbstractChannel, service: str, bindings: Iterable[Binding]
     ) -> AbstractQueue:
         """Declare a service's own exchanges, queues and bindings; returns its queue."""
+        quorum = await self._quorum_on(channel, service)
         await self.declare_exchanges(channel)
         for name, kind in self.service_exchanges(service).items():
             await channel.declare_exchange(name, kind, durable=True)
         queue = await channel.declare_queue(
             self.service_queue(service),
             durable=True,
-            arguments=self._work_args(service),
+            arguments=self._work_args(service, quorum),
         )
         await queue.bind(self.redeliver_exchange(service), routing_key=service)
         for binding in bindings:
@@ -202,7 +229,7 @@ class Topology:
             (self.quarantine_exchange(service), self.quarantine_queue(service)),
         ):
             parked = await channel.declare_queue(
-                name, durable=True, arguments=self._parking_args()
+                name, durable=True, arguments=_parking_args(quorum)
             )
             await parked.bind(exchange, routing_key=service)
 
@@ -243,27 +270,46 @@ class Topology:
         )
         await queue.bind(self.retry_exchange(service), routing_key=name)
 
-    def _work_args(self, service: str) -> dict[str, Any]:
+    async def _quorum_on(self, channel: AbstractChannel, service: str) -> bool:
+        """Whether to declare quorum queues on the broker behind `channel`."""
+        if self.quorum == QuorumQueues.FALSE:
+            return False
+        underlay = await channel.get_underlay_channel()
+        server = underlay.connection.server_properties
+        if supports_quorum(server):
+            return True
+        version = _version(server) or "of unknown version"
+        if self.quorum == QuorumQueues.TRUE:
+            raise BrokerTooOld(
+                f"RabbitMQ {version} has no quorum queues (they need 3.8 or newer) "
+                "and BATON_QUORUM_QUEUES is true: upgrade the broker, or set "
+                "BATON_QUORUM_QUEUES=auto or false to run on classic queues, "
+                "which have no delivery limit"
+            )
+        logger.warning(CLASSIC_FALLBACK, version, service)
+        return False
+
+    def _work_args(self, service: str, quorum: bool) -> dict[str, Any]:
         args: dict[str, Any] = {
             "x-dead-letter-exchange": self.quarantine_exchange(service),
             "x-dead-letter-routing-key": service,
         }
-        if self.quorum:
+        if quorum:
             args["x-queue-type"] = "quorum"
             args["x-delivery-limit"] = self.delivery_limit
         return args
 
-    def _parking_args(self) -> dict[str, Any]:
-        return {"x-queue-type": "quorum"} if self.quorum else {}
+
+def _parking_args(quorum: bool) -> dict[str, Any]:
+    return {"x-queue-type": "quorum"} if quorum else {}
 
 
 def supports_quorum(server_properties: Mapping[str, Any]) -> bool:
     """Quorum queues exist from RabbitMQ 3.8 on."""
-    version = server_properties.get("version", b"")
-    if isinstance(version, bytes):
-        version = version.decode("ascii", "replace")
     try:
-        major, minor = (int(part) for part in str(version).split(".")[:2])
+        major, minor = (
+            int(part) for part in _version(server_properties).split(".")[:2]
+        )
     except ValueError:
         return False
     return (major, minor) >= (3, 8)
@@ -299,6 +345,13 @@ async def _declare_missing(
         )
         raise
     logger.info("declared the missing exchange %s", name)
+
+
+def _version(server_properties: Mapping[str, Any]) -> str:
+    version = server_properties.get("version", b"")
+    if isinstance(version, bytes | bytearray):
+        return version.decode("ascii", "replace")
+    return str(version)
 
 
 def _millis(seconds: float) -> int:

@@ -26,10 +26,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage
-
 from messaging import headers as h
 from messaging.declaration import ServiceDeclaration, senders_of
+from messaging.delivery import Delivery
 from messaging.errors import (
     InvalidSignature,
     MessageRejected,
@@ -42,7 +41,7 @@ from messaging.handlers import HandlerSpec
 from messaging.identity import SERVICE_PATTERN, Principal
 from messaging.keyring import KeyRingFile, SigningKey
 from messaging.settings import BrokerSettings
-from messaging.signing import Delivery, Destination, OriginAssertion, Signer, Verifier
+from messaging.signing import Destination, Envelope, OriginAssertion, Signer, Verifier
 from messaging.topology import Route, Topology
 
 logger = logging.getLogger(__name__)
@@ -134,7 +133,7 @@ class TrustPolicy:
 
     def admit(
         self,
-        message: AbstractIncomingMessage,
+        message: Delivery,
         spec: HandlerSpec[Any],
         principal: Principal,
     ) -> OriginAssertion | None:
@@ -155,7 +154,7 @@ class TrustPolicy:
             )
         if self.verifier is None:
             return None
-        delivery = Delivery(
+        envelope = Envelope(
             publisher=provenance.publisher,
             route=provenance.destination,
             message_id=message.message_id or "",
@@ -163,17 +162,17 @@ class TrustPolicy:
             reply_to=message.reply_to or "",
             body=message.body,
             attempt=attempt if type(attempt) is int else 0,
-            redelivered=bool(message.redelivered),
+            redelivered=message.redelivered,
             copy=_copy_of(message),
         )
-        return self.verifier.verify(message.headers or {}, delivery, principal)
+        return self.verifier.verify(message.headers, envelope, principal)
 
-    def sender(self, message: AbstractIncomingMessage) -> str:
+    def sender(self, message: Delivery) -> str:
         """The service that published an admitted message (the first publisher,
         for our own retries)."""
         return self._publisher(message)[0]
 
-    def settled(self, message: AbstractIncomingMessage) -> None:
+    def settled(self, message: Delivery) -> None:
         """The consumer acked `message`: the same delivery again is a replay."""
         if self.verifier is None:
             return
@@ -189,13 +188,11 @@ class TrustPolicy:
         )
         self.verifier.settled(key, _copy_of(message))
 
-    def provenance(
-        self, message: AbstractIncomingMessage, spec: HandlerSpec[Any]
-    ) -> Provenance:
+    def provenance(self, message: Delivery, spec: HandlerSpec[Any]) -> Provenance:
         publisher, retried = self._publisher(message)
         if not retried:
             destination = Destination(
-                message.exchange or "", message.routing_key or "", message.type or ""
+                message.exchange, message.routing_key, message.type or ""
             )
             return Provenance(publisher, destination, retried=False)
         # Signed for the route it was first published to, before our retry.
@@ -206,7 +203,7 @@ class TrustPolicy:
         )
         return Provenance(publisher, destination, retried=True)
 
-    def _publisher(self, message: AbstractIncomingMessage) -> tuple[str, bool]:
+    def _publisher(self, message: Delivery) -> tuple[str, bool]:
         """The service that published `message`, and whether it is our own retry."""
         account = message.user_id
         if not account:
@@ -220,7 +217,7 @@ class TrustPolicy:
             raise UntrustedPublisher(
                 f"{publisher} put a message into {self.service}'s retry path"
             )
-        original = (message.headers or {}).get(h.ORIGINAL_PUBLISHER, account)
+        original = message.headers.get(h.ORIGINAL_PUBLISHER, account)
         if type(original) is not str:
             raise UntrustedPublisher(f"{h.ORIGINAL_PUBLISHER} must be a string")
         return self._service_of(original), True
@@ -232,14 +229,14 @@ class TrustPolicy:
         return service
 
 
-def _copy_of(message: AbstractIncomingMessage) -> tuple[str, int]:
+def _copy_of(message: Delivery) -> tuple[str, int]:
     """Which copy of a message this is: unique per delivery on a consumer."""
-    return (message.consumer_tag or "", message.delivery_tag or 0)
+    return (message.frame.consumer_tag or "", message.delivery_tag)
 
 
-def _attempt_of(message: AbstractIncomingMessage) -> object:
+def _attempt_of(message: Delivery) -> object:
     """The attempt header as sent (0 when absent); the consumer checks its type."""
-    return (message.headers or {}).get(h.ATTEMPT, 0)
+    return message.headers.get(h.ATTEMPT, 0)
 
 
 def build_trust(

@@ -1,7 +1,10 @@
 """Shared fixtures: a real RabbitMQ, and names no other test uses.
 
-The broker is the one at ``AMQP_URL`` when that is set (this machine, CI);
-otherwise a RabbitMQ container is started with testcontainers for the session.
+The broker is the one at ``AMQP_URL`` when that is set (this machine, CI), with
+its management API on port 15672 of the same host; otherwise a RabbitMQ
+container, management plugin included, is started with testcontainers for the
+session. Tests reach both through these fixtures, never through ``rabbitmqctl``,
+which would talk to this machine's node rather than the container's.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import pytest
@@ -17,17 +22,38 @@ import pytest_asyncio
 
 from messaging.settings import BrokerSettings
 from messaging.topology import Topology
+from tests.management import ManagementApi
+
+IMAGE = "rabbitmq:3.13-management"
+AMQP_PORT = 5672
+MANAGEMENT_PORT = 15672
+
+
+@dataclass(frozen=True)
+class BrokerUnderTest:
+    """Where the tests' broker answers: AMQP, and the management API beside it."""
+
+    amqp_url: str
+    management_url: str
+
+    @property
+    def vhost(self) -> str:
+        return unquote(urlsplit(self.amqp_url).path[1:]) or "/"
 
 
 @pytest.fixture(scope="session")
-def amqp_url() -> Iterator[str]:
+def broker_under_test() -> Iterator[BrokerUnderTest]:
     url = os.environ.get("AMQP_URL")
     if url:
-        yield url
+        parts = urlsplit(url)
+        user, password = parts.username or "guest", parts.password or "guest"
+        host = f"{parts.hostname or 'localhost'}:{MANAGEMENT_PORT}"
+        yield BrokerUnderTest(url, f"http://{user}:{password}@{host}/")
         return
+    yield from _container_broker()
 
-    from testcontainers.rabbitmq import RabbitMqContainer
 
+def _container_broker() -> Iterator[BrokerUnderTest]:
     try:
         import docker
 
@@ -38,10 +64,55 @@ def amqp_url() -> Iterator[str]:
             "AMQP_URL=amqp://guest:guest@localhost:5672/ to use a running broker",
             returncode=2,
         )
-    with RabbitMqContainer("rabbitmq:3.13-management") as container:
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.wait_strategies import (
+        CompositeWaitStrategy,
+        HttpWaitStrategy,
+        LogMessageWaitStrategy,
+    )
+
+    # The official image lets guest in from anywhere, the management API too.
+    ready = CompositeWaitStrategy(
+        LogMessageWaitStrategy("Server startup complete"),
+        HttpWaitStrategy(MANAGEMENT_PORT, "/api/overview").with_basic_credentials(
+            "guest", "guest"
+        ),
+    ).with_startup_timeout(120)
+    container = (
+        DockerContainer(IMAGE)
+        .with_exposed_ports(AMQP_PORT, MANAGEMENT_PORT)
+        .waiting_for(ready)
+    )
+    with container:
         host = container.get_container_host_ip()
-        port = container.get_exposed_port(container.port)
-        yield f"amqp://guest:guest@{host}:{port}/"
+        amqp = container.get_exposed_port(AMQP_PORT)
+        management = container.get_exposed_port(MANAGEMENT_PORT)
+        yield BrokerUnderTest(
+            f"amqp://guest:guest@{host}:{amqp}/",
+            f"http://guest:guest@{host}:{management}/",
+        )
+
+
+@pytest.fixture(scope="session")
+def amqp_url(broker_under_test: BrokerUnderTest) -> str:
+    return broker_under_test.amqp_url
+
+
+@pytest.fixture(scope="session")
+def management_url(broker_under_test: BrokerUnderTest) -> str:
+    """The management API of the tests' broker, with the same administrator."""
+    return broker_under_test.management_url
+
+
+@pytest_asyncio.fixture
+async def management_api(
+    broker_under_test: BrokerUnderTest,
+) -> AsyncIterator[ManagementApi]:
+    api = ManagementApi(broker_under_test.management_url, broker_under_test.vhost)
+    try:
+        yield api
+    finally:
+        await api.close()
 
 
 @pytest.fixture

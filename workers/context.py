@@ -4,12 +4,20 @@
 with the rules of a declared service added:
 
 - it publishes and requests only the message types the service declared, and
-  says so at publish time when it is asked for anything else;
+  says so at publish time when it is asked for anything else, also through
+  ``ctx.publisher``;
 - it passes on exactly the principal it received, with this service appended to
   the actor chain, and refuses to publish when that principal was swapped;
-- its publishes get ids derived from the delivery's id, so a redelivered message
-  republishes the same ids and downstream inboxes drop the copies;
+- its publishes get ids derived from the delivery and the content
+  (:mod:`workers.publish_ids`), so a redelivered message republishes the same
+  ids and downstream inboxes drop the copies;
+- one delivery publishes at most ``BATON_MAX_PUBLISHES_PER_DELIVERY`` messages;
 - :meth:`ServiceContext.once` runs the side effect in an inbox transaction.
+
+A refusal a handler swallows still decides the delivery: the first
+``IdentityChanged``, ``ChainTooDeep`` or ``TooManyPublishes`` raised while
+handling it is raised again when the handler returns, so the delivery is
+quarantined all the same.
 """
 
 from __future__ import annotations
@@ -18,13 +26,14 @@ import uuid
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, fields
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from contracts import Contract
+from messaging import headers as h
 from messaging.declaration import ServiceDeclaration
-from messaging.errors import ChainTooDeep, SchemaError
+from messaging.errors import ChainTooDeep, MessageRejected, SchemaError
 from messaging.handlers import Context, current_context
 from messaging.identity import MAX_ACTORS, Origin, Principal
 from messaging.publisher import Publisher
@@ -32,12 +41,10 @@ from messaging.rpc import Requester
 from messaging.topology import Route
 from workers.errors import IdentityChanged, UndeclaredMessage
 from workers.inbox import Inbox
+from workers.publish_ids import PublishIds
 
 R = TypeVar("R", bound=BaseModel)
 T = TypeVar("T")
-
-# Namespace of the ids of messages a handler publishes (see ServiceContext).
-PUBLISHED_IDS: Final = uuid.UUID("6f1f3c4e-7b1a-5c55-9d0e-2a4b8c9e1d01")
 
 
 @dataclass
@@ -48,11 +55,14 @@ class ServiceContext(Context):
         default_factory=lambda: ServiceDeclaration(name="-"), repr=False
     )
     _admitted: Principal | None = field(default=None, init=False, repr=False)
-    _published: int = field(default=0, init=False, repr=False)
+    _ids: PublishIds | None = field(default=None, init=False, repr=False)
+    _refusal: MessageRejected | None = field(default=None, init=False, repr=False)
     _requests_via: Requester | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._admitted = self.principal
+        if self.message_id:
+            self._ids = PublishIds(self.service, self.message_id)
 
     @classmethod
     def adopt(cls, context: Context, declaration: ServiceDeclaration) -> ServiceContext:
@@ -62,7 +72,7 @@ class ServiceContext(Context):
         :meth:`request`, which always sends the principal it was given.
         """
         values: dict[str, Any] = {
-            f.name: getattr(context, f.name) for f in fields(Context)
+            f.name: getattr(context, f.name) for f in fields(Context) if f.init
         }
         values["requester"] = None
         adopted = cls(
@@ -72,19 +82,30 @@ class ServiceContext(Context):
         return adopted
 
     async def publish_event(
-        self, event_type: Contract | str, payload: BaseModel
+        self,
+        event_type: Contract | str,
+        payload: BaseModel,
+        *,
+        key: str | None = None,
     ) -> str:
-        """Publish a declared event for the same principal; returns its message id."""
-        return await self._send(
-            Route.EVENT, _name(event_type, Route.EVENT, payload), payload
-        )
+        """Publish a declared event for the same principal; returns its message id.
+
+        `key` names the message for its id when its payload may differ between
+        attempts (see :mod:`workers.publish_ids`).
+        """
+        name = _name(event_type, Route.EVENT, payload)
+        return await self._send(Route.EVENT, name, payload, key)
 
     async def send_command(
-        self, command_type: Contract | str, payload: BaseModel
+        self,
+        command_type: Contract | str,
+        payload: BaseModel,
+        *,
+        key: str | None = None,
     ) -> str:
         """Send a declared command for the same principal; returns its message id."""
         name = _name(command_type, Route.COMMAND, payload)
-        return await self._send(Route.COMMAND, name, payload)
+        return await self._send(Route.COMMAND, name, payload, key)
 
     async def request(
         self,
@@ -108,6 +129,7 @@ class ServiceContext(Context):
             )
         if self._requests_via is None:
             raise RuntimeError("this context has no requester")
+        self.count_publish()
         return await self._requests_via.request(
             name,
             payload,
@@ -142,15 +164,20 @@ class ServiceContext(Context):
         """
         admitted = self._admitted
         if admitted is None or self.principal != admitted:
-            raise IdentityChanged(
-                f"{self.service} may only pass on the principal it received "
-                f"({_who(admitted)}), not {_who(self.principal)}"
+            raise self.refused(
+                IdentityChanged(
+                    f"{self.service} may only pass on the principal it received "
+                    f"({_who(admitted)}), not {_who(self.principal)}"
+                )
             )
         if len(admitted.actors) >= MAX_ACTORS:
             # The receiver would refuse it anyway; saying so here names the loop.
-            raise ChainTooDeep(
-                f"{self.service} cannot pass on work that already passed through "
-                f"{' > '.join(admitted.actors)}: the protocol allows {MAX_ACTORS} hops"
+            raise self.refused(
+                ChainTooDeep(
+                    f"{self.service} cannot pass on work that already passed "
+                    f"through {' > '.join(admitted.actors)}: the protocol allows "
+                    f"{MAX_ACTORS} hops"
+                )
             )
         return Principal(
             subject=admitted.subject,
@@ -162,40 +189,82 @@ class ServiceContext(Context):
             tenant=admitted.tenant,
         )
 
-    async def _send(self, route: Route, message_type: str, payload: BaseModel) -> str:
+    def count_publish(self) -> None:
+        try:
+            super().count_publish()
+        except MessageRejected as exc:
+            raise self.refused(exc) from None
+
+    def refused(self, exc: MessageRejected) -> MessageRejected:
+        """Remember the first refusal, so that swallowing it changes nothing."""
+        if self._refusal is None:
+            self._refusal = exc
+        return exc
+
+    def raise_if_refused(self) -> None:
+        """Raise the refusal met while handling, if the handler swallowed it."""
+        if self._refusal is not None:
+            raise self._refusal
+
+    def admit_publish(self, exchange: str, message_type: str, routing_key: str) -> None:
+        """Refuse a publish the declaration does not allow, naming what to declare."""
+        route = _route_of(self.topology.commands, self.topology.events, exchange)
+        if route is None:
+            raise UndeclaredMessage(
+                f"{self.service} publishes to exchange {exchange!r}: a handler "
+                "publishes events and commands only"
+            )
+        if routing_key != message_type:
+            raise UndeclaredMessage(
+                f"{self.service} publishes {message_type} with routing key "
+                f"{routing_key!r}: the routing key must be the message type"
+            )
         if not self.declaration.publishes(route, message_type):
             raise UndeclaredMessage(
                 f"{self.service} publishes {route.value} {message_type} but does not "
                 f"declare it: add it with emits()"
             )
-        principal = self.passed_on(Origin.EVENT)
-        self._published += 1
+
+    def message_id_for(
+        self, message_type: str, body: BaseModel | bytes, key: str | None = None
+    ) -> str:
+        """The id of a message this delivery publishes: the same on every attempt."""
+        if self._ids is None:
+            return uuid.uuid4().hex
+        raw = body if isinstance(body, bytes) else body.model_dump_json().encode()
+        return self._ids.next(message_type, raw, key)
+
+    async def _send(
+        self,
+        route: Route,
+        message_type: str,
+        payload: BaseModel,
+        key: str | None = None,
+    ) -> str:
+        # The guarded publisher checks the declaration and counts the publish.
         return await self.publisher.publish(
             self.topology.exchange_for(route),
             message_type,
             message_type=message_type,
             body=payload,
-            principal=principal,
-            message_id=self._next_id(message_type),
+            principal=self.passed_on(Origin.EVENT),
+            message_id=self.message_id_for(message_type, payload, key),
             correlation_id=self.correlation_id,
         )
 
-    def _next_id(self, message_type: str) -> str:
-        # Derived from the delivery's id: a redelivery that repeats the handler
-        # publishes the same ids, and the receivers' inboxes keep one copy.
-        if not self.message_id:
-            return uuid.uuid4().hex
-        seed = f"{self.service}/{self.message_id}/{self._published}/{message_type}"
-        return uuid.uuid5(PUBLISHED_IDS, seed).hex
-
 
 class GuardedPublisher(Publisher):
-    """The publisher a handler sees: it sends only the principal the hop may send.
+    """The publisher a handler sees: only what the service declared, as the hop.
 
     A handler could reach for ``ctx.publisher`` and pass a principal it built by
-    hand. This wrapper checks every principal against the one the delivery
-    passes on, so changing the subject, the roles or the chain fails at publish
-    time with :class:`~workers.errors.IdentityChanged`.
+    hand, a type it never declared or headers of our protocol. This wrapper
+    holds every publish to the rules of :meth:`ServiceContext.publish_event`:
+    a declared type on its own route and routing key (else
+    :class:`~workers.errors.UndeclaredMessage`), exactly the principal the
+    delivery passes on, origin included, and no ``baton-`` header or
+    ``reply_to`` of its own (else :class:`~workers.errors.IdentityChanged`).
+    It also counts toward the publish cap and derives the message id when none
+    is given.
     """
 
     def __init__(self, inner: Publisher, context: ServiceContext) -> None:
@@ -222,14 +291,17 @@ class GuardedPublisher(Publisher):
         headers: Mapping[str, Any] | None = None,
         expiration: float | None = None,
     ) -> str:
-        self._check(principal)
+        context = self._context
+        context.admit_publish(exchange, message_type, routing_key)
+        self._check(principal, reply_to, headers)
+        context.count_publish()
         return await self._inner.publish(
             exchange,
             routing_key,
             message_type=message_type,
             body=body,
             principal=principal,
-            message_id=message_id,
+            message_id=message_id or context.message_id_for(message_type, body),
             correlation_id=correlation_id,
             reply_to=reply_to,
             headers=headers,
@@ -237,17 +309,35 @@ class GuardedPublisher(Publisher):
         )
 
     async def republish(self, *args: Any, **kwargs: Any) -> None:
-        raise IdentityChanged("a handler may not republish a raw message")
+        raise self._context.refused(
+            IdentityChanged("a handler may not republish a raw message")
+        )
 
     async def close(self) -> None:
         """The consumer owns the channel; a handler cannot close it."""
 
-    def _check(self, principal: Principal | None) -> None:
-        expected = self._context.passed_on(Origin.EVENT)
-        if principal is None or _identity(principal) != _identity(expected):
-            raise IdentityChanged(
-                f"{self._context.service} may only publish as {_who(expected)}, "
-                f"not {_who(principal)}"
+    def _check(
+        self,
+        principal: Principal | None,
+        reply_to: str | None,
+        headers: Mapping[str, Any] | None,
+    ) -> None:
+        context = self._context
+        expected = context.passed_on(Origin.EVENT)
+        if principal != expected:
+            raise context.refused(
+                IdentityChanged(
+                    f"{context.service} may only publish as {_who(expected)}, "
+                    f"not {_who(principal)}"
+                )
+            )
+        ours = sorted(k for k in headers or {} if k.lower().startswith(h.NAMESPACE))
+        if ours or reply_to is not None:
+            # Transport and signing headers are the runtime's to write, and a
+            # request goes through ctx.request, which owns the reply queue.
+            named = ", ".join(ours) or f"reply_to {reply_to!r}"
+            raise context.refused(
+                IdentityChanged(f"{context.service} may not set {named} itself")
             )
 
 
@@ -259,16 +349,8 @@ def current_service_context() -> ServiceContext:
     return context
 
 
-def _identity(principal: Principal) -> tuple[Any, ...]:
-    # Everything but the origin, which says how the hop sends it on.
-    return (
-        principal.subject,
-        principal.kind,
-        principal.roles,
-        principal.tenant,
-        principal.internal,
-        principal.actors,
-    )
+def _route_of(commands: str, events: str, exchange: str) -> Route | None:
+    return {commands: Route.COMMAND, events: Route.EVENT}.get(exchange)
 
 
 def _name(target: Contract | str, route: Route, payload: BaseModel) -> str:
@@ -289,7 +371,10 @@ def _who(principal: Principal | None) -> str:
         return "no principal"
     roles = ",".join(sorted(principal.roles)) or "no roles"
     chain = " > ".join(principal.actors)
-    return f"{principal.kind.value} {principal.subject!r} ({roles}; via {chain})"
+    how = (
+        f"{principal.origin.value}, {'internal' if principal.internal else 'external'}"
+    )
+    return f"{principal.kind.value} {principal.subject!r} ({roles}; via {chain}; {how})"
 
 
 def _model_name(model: type[BaseModel] | None) -> str:

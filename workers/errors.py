@@ -7,6 +7,7 @@ BatonError (messaging.errors)
 ├── HandlerOutcome
 │   ├── Reject
 │   │   ├── UndeclaredMessage     a service published what it never declared
+│   │   ├── PublishKeyReused      a handler named two messages with one key
 │   │   └── NotFound              the thing a message names does not exist
 │   └── AlreadyHandled            the inbox has seen this message id: skip it
 └── ScheduleError                 a job's schedule or missed-tick policy is invalid
@@ -29,6 +30,10 @@ class IdentityChanged(Forbidden):
 
 class UndeclaredMessage(Reject):
     """A service published a message type its declaration does not list."""
+
+
+class PublishKeyReused(Reject):
+    """A handler gave the same ``key=`` to two messages of one type and delivery."""
 
 
 class NotFound(Reject):

@@ -10,6 +10,11 @@ send the same id, and the receiving service's inbox keeps one side effect. The
 last fired tick of every job is kept in SQLite; ticks missed while no scheduler
 ran follow the job's :class:`~workers.schedule.Missed` policy. Time comes from an
 injectable :class:`Clock`, so tests fire ticks without waiting for them.
+
+Jobs declared in code are the same on every replica. Jobs from a source, such
+as users' standing refreshes, are only where the source reads them: replicas
+must share the scheduler's SQLite file (one ``BATON_STATE_DIR``, on one host).
+TODO(a server database behind SchedulerStore): replicas on several hosts.
 """
 
 from __future__ import annotations
@@ -180,29 +185,29 @@ class Scheduler:
         self._topology = topology
 
     async def jobs(self) -> list[Job]:
-        """Every job: those declared in code, then those the sources hold now."""
+        """Every job: those declared in code, then those the sources hold now.
+
+        A source that fails, or a job of one that breaks the rules, is logged
+        and left out of this round; every other job still fires.
+        """
         found = list(self._jobs.values())
         for source in self._sources:
-            for job in await source():
-                self._check(job)
-                found.append(job)
+            found += await self._offered_by(source)
         return found
 
     async def fire_due(self, now: datetime | None = None) -> list[Fired]:
-        """Send every tick that is due at `now` and record it as fired."""
+        """Send every tick that is due at `now` and record it as fired.
+
+        A job that fails is logged and skipped: the others still fire, and its
+        tick stays due for the next round.
+        """
         now = now or self.clock.now()
         fired: list[Fired] = []
         for job in await self.jobs():
-            last = await self.store.last_fired(job.name)
-            for tick in job.missed.due(job.schedule, last, now):
-                try:
-                    message_id = await self._send(job, tick)
-                except PublishError as exc:
-                    # The tick stays due and is sent again, under the same id.
-                    logger.warning("%s: tick %s not sent: %s", job.name, tick, exc)
-                    break
-                await self.store.record(job.name, tick)
-                fired.append(Fired(job.name, tick, message_id))
+            try:
+                fired += await self._fire(job, now)
+            except Exception:  # one job must not hold back the rest
+                logger.exception("%s: job %r failed this round", self.name, job.name)
         return fired
 
     async def next_wake(self, now: datetime) -> datetime:
@@ -213,15 +218,29 @@ class Scheduler:
         return wake
 
     async def run(self) -> None:
-        """Fire due ticks until cancelled."""
+        """Fire due ticks until cancelled; a failed round is logged and retried.
+
+        After a failure the loop waits 1 s, then 2 s, 4 s... up to `poll`, so a
+        broken store or schedule neither ends the loop nor spins it.
+        """
+        failures = 0
         while True:
-            now = self.clock.now()
             try:
-                await self.fire_due(now)
-            except Exception:  # the loop outlives one bad round
-                logger.exception("scheduling round failed; trying again")
-            wake = await self.next_wake(now)
-            await self.clock.sleep(max(0.0, (wake - self.clock.now()).total_seconds()))
+                delay = await self._round()
+                failures = 0
+            except Exception:  # the loop must outlive any one round
+                delay = min(self.poll, 2.0**failures)
+                failures += 1
+                logger.exception(
+                    "%s: scheduling round failed; trying again in %ss", self.name, delay
+                )
+            await self.clock.sleep(delay)
+
+    @property
+    def essential_tasks(self) -> list[asyncio.Task[None]]:
+        """The tasks without which this scheduler has stopped working."""
+        tasks = self._worker.essential_tasks if self._worker is not None else []
+        return tasks if self._loop is None else [*tasks, self._loop]
 
     async def start(
         self,
@@ -248,6 +267,45 @@ class Scheduler:
         if self._worker is not None:
             await self._worker.stop()
             self._worker = None
+
+    async def _round(self) -> float:
+        """Fire what is due; the seconds to sleep until the next round."""
+        now = self.clock.now()
+        await self.fire_due(now)
+        wake = await self.next_wake(now)
+        return max(0.0, (wake - self.clock.now()).total_seconds())
+
+    async def _offered_by(self, source: JobSource) -> list[Job]:
+        try:
+            offered = list(await source())
+        except Exception:  # one broken source must not stop the rest
+            logger.exception(
+                "%s: a job source failed; its jobs wait for the next round", self.name
+            )
+            return []
+        valid: list[Job] = []
+        for job in offered:
+            try:
+                self._check(job)
+            except ScheduleError as exc:
+                logger.error("%s: skipped job %r: %s", self.name, job.name, exc)
+                continue
+            valid.append(job)
+        return valid
+
+    async def _fire(self, job: Job, now: datetime) -> list[Fired]:
+        fired: list[Fired] = []
+        last = await self.store.last_fired(job.name)
+        for tick in job.missed.due(job.schedule, last, now):
+            try:
+                message_id = await self._send(job, tick)
+            except PublishError as exc:
+                # The tick stays due and is sent again, under the same id.
+                logger.warning("%s: tick %s not sent: %s", job.name, tick, exc)
+                break
+            await self.store.record(job.name, tick)
+            fired.append(Fired(job.name, tick, message_id))
+        return fired
 
     async def _send(self, job: Job, tick: datetime) -> str:
         if self._publisher is None:

@@ -153,12 +153,19 @@ class Service:
             service_context = ServiceContext.adopt(context, self.declaration())
             token = enter_context(service_context)
             try:
-                return await handler.func(service_context, payload)
+                result = await handler.func(service_context, payload)
             except AlreadyHandled as duplicate:
+                service_context.raise_if_refused()
                 logger.info("skipped a duplicate: %s", duplicate)
                 return None
+            except Exception:
+                service_context.raise_if_refused()
+                raise
             finally:
                 leave_context(token)
+            # A handler that caught its refusal is refused all the same.
+            service_context.raise_if_refused()
+            return result
 
         dispatch.__name__ = f"{self.name}:{handler.contract.name}"
         return dispatch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from messaging.consumer import Consumer
@@ -41,6 +42,16 @@ class Worker:
     @property
     def queue(self) -> str:
         return self.consumer.topology.service_queue(self.service.name)
+
+    @property
+    def essential_tasks(self) -> list[asyncio.Task[None]]:
+        """The tasks without which this worker has stopped taking messages.
+
+        The broker link's loop ends only when it gives up for good (a broker it
+        cannot use), and then nothing reconnects the consumer.
+        """
+        task = self.consumer.link.task
+        return [] if task is None else [task]
 
     async def start(self, timeout: float = 10.0) -> None:
         """Declare the service's queues and bindings and start consuming."""

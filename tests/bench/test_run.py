@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.management import ManagementApi
 
 pytestmark = pytest.mark.broker
 
@@ -135,19 +136,12 @@ def test_machine_is_described(result):
 
 
 @pytest.mark.admin
-def test_run_leaves_no_queue_or_exchange_behind(result, prefix):
-    if shutil.which("rabbitmqctl") is None:
-        pytest.skip("rabbitmqctl is not on this machine")
-    names: list[str] = []
-    for listing in ("list_queues", "list_exchanges"):
-        done = subprocess.run(  # noqa: S603 - fixed arguments
-            ["rabbitmqctl", "-q", listing, "name"],  # noqa: S607
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        names += done.stdout.split()
+@pytest.mark.asyncio
+async def test_run_leaves_no_queue_or_exchange_behind(
+    result, prefix, management_api: ManagementApi
+):
+    names = await management_api.names("queues")
+    names += await management_api.names("exchanges")
 
     assert result["settings"]["prefix"] == prefix
     assert [name for name in names if name.startswith(prefix)] == []

@@ -61,7 +61,7 @@ async def test_token_makes_a_private_dev_key_once_and_the_edge_trusts_it(
     assert stat.S_IMODE(issuer.private_key_file.stat().st_mode) == 0o600
     assert stat.S_IMODE((workdir / ".baton").stat().st_mode) == 0o700
     assert settings.public_keys == (issuer.public_key_file,)
-    assert (alice.subject, alice.roles) == ("alice", {"planner", "reader"})
+    assert (alice.subject, alice.roles) == ("alice", frozenset({"planner", "reader"}))
     assert (bob.subject, bob.roles) == ("bob", frozenset())
 
 

@@ -74,7 +74,8 @@ async def test_an_expired_token_is_refused(
 async def test_a_token_from_the_future_is_refused(
     verifier: TokenVerifier, idp: IdentityProvider, claim: str
 ) -> None:
-    token = idp.token(**{claim: int(time.time()) + 600})
+    early: dict[str, Any] = {claim: int(time.time()) + 600}
+    token = idp.token(**early)
 
     assert await refused(verifier, token) == "the token is not valid yet"
 
@@ -150,7 +151,8 @@ async def test_roles_come_from_the_configured_claim(
     keys = key_source(settings)
     verifier = TokenVerifier(settings, keys)
     try:
-        token = idp.token(roles=["admin"], **{"https://baton/roles": ["planner"]})
+        namespaced: dict[str, Any] = {"https://baton/roles": ["planner"]}
+        token = idp.token(roles=["admin"], **namespaced)
         principal = await verifier.principal(token)
     finally:
         await keys.aclose()

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest_asyncio
-from aio_pika.abc import AbstractQueue
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from pydantic import BaseModel, ConfigDict
 
 from messaging import headers as h
@@ -174,6 +174,15 @@ async def unattended_queue(broker: Broker, service: str) -> AbstractQueue:
         )
     finally:
         await channel.close()
+
+
+def last_death(message: AbstractIncomingMessage) -> tuple[object, object]:
+    """The queue the broker last dead-lettered `message` from, and why (x-death)."""
+    deaths = message.headers["x-death"]
+    assert isinstance(deaths, list), deaths
+    latest = deaths[0]
+    assert isinstance(latest, dict), latest
+    return latest["queue"], latest["reason"]
 
 
 async def wait_depth(

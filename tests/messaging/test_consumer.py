@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import aio_pika
 import pytest
 from pydantic import SecretStr
 
@@ -22,6 +26,7 @@ from tests.messaging.conftest import (
     Say,
     StartConsumer,
     alice,
+    last_death,
     send,
     service_name,
     spec,
@@ -30,6 +35,9 @@ from tests.messaging.conftest import (
 )
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
+
+
+NOTHING_LEFT = {"work": 0, "dead": 0, "quarantine": 0}
 
 
 async def _settled(broker: Broker, topology: Topology, service: str) -> dict[str, int]:
@@ -55,38 +63,71 @@ async def test_a_handled_message_is_acked_once(
 
     # Stopping returns anything unacked to the queue: an empty queue means acked.
     topology = settings.topology()
-    assert await _settled(broker, topology, service) == {
-        "work": 0,
-        "dead": 0,
-        "quarantine": 0,
-    }
+    assert await _settled(broker, topology, service) == NOTHING_LEFT
     assert calls.count(message_id) == 1
     assert calls.seen[0][2] == Say(text="hello")
     assert calls.principals == [alice()]
 
 
-async def test_a_failed_handler_is_retried_then_succeeds(
+async def test_a_failed_handler_is_retried_through_each_delay_queue_then_succeeds(
     broker: Broker, start_consumer: StartConsumer, settings: BrokerSettings
 ) -> None:
+    growing = settings.model_copy(update={"retry_delays": (0.5, 1.5)})
+    topology = growing.topology()
+    service = service_name()
+    broker.extra_queues.update(topology.retry_queue(service, d) for d in (0.5, 1.5))
+    returned = await _tap_returns_from_retry(broker, topology, service)
     calls = Calls()
+    called_at: list[float] = []
 
     async def flaky(context: Context, payload: Say) -> None:
+        called_at.append(asyncio.get_running_loop().time())
         calls.record(context, payload)
-        if context.attempt == 0:
+        if context.attempt < 2:
             raise RuntimeError("database blinked")
 
-    service = service_name()
-    consumer = await start_consumer(service, [spec(flaky)])
+    consumer = await start_consumer(service, [spec(flaky)], settings_=growing)
     message_id = await send(broker)
-    await calls.wait_for(lambda: calls.count(message_id) == 2)
+    await calls.wait_for(lambda: calls.count(message_id) == 3)
     await consumer.stop()
 
-    assert calls.attempts(message_id) == [0, 1]
-    assert await _settled(broker, settings.topology(), service) == {
-        "work": 0,
-        "dead": 0,
-        "quarantine": 0,
-    }
+    assert calls.attempts(message_id) == [0, 1, 2]
+    # The broker's own record of each trip back: the copy for attempt n left
+    # the retry queue of delay n because its TTL expired there.
+    trips = await broker.drain(returned, expect=2)
+    assert [trip.headers[h.ATTEMPT] for trip in trips] == [1, 2]
+    assert [last_death(trip) for trip in trips] == [
+        (topology.retry_queue(service, 0.5), "expired"),
+        (topology.retry_queue(service, 1.5), "expired"),
+    ]
+    assert {trip.message_id for trip in trips} == {message_id}
+    # No sooner than each delay (lower bounds only: a loaded machine is slow).
+    waits = [later - earlier for earlier, later in itertools.pairwise(called_at)]
+    assert waits[0] >= 0.5 * 0.9
+    assert waits[1] >= 1.5 * 0.9
+    assert await _settled(broker, topology, service) == NOTHING_LEFT
+
+
+async def _tap_returns_from_retry(
+    broker: Broker, topology: Topology, service: str
+) -> str:
+    """A queue that gets a copy of every message a retry queue sends back."""
+    name = f"{topology.prefix}.tap.{service}"
+    broker.extra_queues.add(name)
+    channel = await broker.connection.channel()
+    try:
+        await topology.declare_exchanges(channel)
+        # The service's own exchange, before its consumer declares it.
+        redeliver = await channel.declare_exchange(
+            topology.redeliver_exchange(service),
+            aio_pika.ExchangeType.DIRECT,
+            durable=True,
+        )
+        tap = await channel.declare_queue(name, durable=True)
+        await tap.bind(redeliver, routing_key=service)
+    finally:
+        await channel.close()
+    return name
 
 
 async def test_exhausted_retries_dead_letter_the_message_with_the_error(
@@ -187,7 +228,7 @@ def _identity(**changes: object) -> dict[str, object]:
 
 
 # Each bad input, as keyword arguments of `send`, and the code it must end with.
-MALFORMED: dict[str, tuple[dict[str, object], str]] = {
+MALFORMED: dict[str, tuple[dict[str, Any], str]] = {
     "invalid json": ({"body": b'{"text": '}, "SchemaError"),
     "wrong content type": ({"content_type": "text/plain"}, "SchemaError"),
     "no content type": ({"content_type": None}, "SchemaError"),
@@ -232,6 +273,18 @@ MALFORMED: dict[str, tuple[dict[str, object], str]] = {
         {"headers": _identity(**{h.ATTEMPT: 1_000_000})},
         "HeaderValueError",
     ),
+    "attempt one over its limit": (
+        {"headers": _identity(**{h.ATTEMPT: 101})},
+        "HeaderValueError",
+    ),
+    "attempt negative": (
+        {"headers": _identity(**{h.ATTEMPT: -1})},
+        "HeaderValueError",
+    ),
+    "attempt as a boolean": (
+        {"headers": _identity(**{h.ATTEMPT: True})},
+        "HeaderTypeError",
+    ),
 }
 
 
@@ -261,11 +314,91 @@ async def test_malformed_input_is_quarantined_and_the_consumer_goes_on(
     assert parked.headers[h.FAILED_BY] == service
     assert parked.headers[h.FAILURE_REASON]
     assert calls.count(bad_id) == 0
-    assert await _settled(broker, topology, service) == {
-        "work": 0,
-        "dead": 0,
-        "quarantine": 0,
+    assert await _settled(broker, topology, service) == NOTHING_LEFT
+
+
+async def test_an_attempt_at_its_limit_is_still_handled(
+    broker: Broker, start_consumer: StartConsumer
+) -> None:
+    calls = Calls()
+    service = service_name()
+    await start_consumer(service, [spec(calls.handler())])
+
+    message_id = await send(broker, headers=_identity(**{h.ATTEMPT: 100}))
+
+    await calls.wait_for(lambda: calls.count(message_id) == 1)
+    assert calls.attempts(message_id) == [100]
+
+
+async def test_retry_counts_a_publisher_can_forge_decide_nothing(
+    broker: Broker, start_consumer: StartConsumer, settings: BrokerSettings
+) -> None:
+    calls = Calls()
+
+    async def flaky(context: Context, payload: Say) -> None:
+        calls.record(context, payload)
+        if context.attempt == 0:
+            raise RuntimeError("database blinked")
+
+    service = service_name()
+    topology = settings.topology()
+    await start_consumer(service, [spec(flaky)])
+    # Counts that would mean "retries exhausted" to a consumer that read them.
+    forged = {
+        "x-delivery-count": 99,
+        "x-death": [
+            {
+                "count": 99,
+                "reason": "expired",
+                "queue": topology.retry_queue(service, topology.retry_delays[-1]),
+                "exchange": topology.retry_exchange(service),
+                "routing-keys": [service],
+            }
+        ],
     }
+    message_id = await send(broker, headers=_identity(**forged))
+
+    await calls.wait_for(lambda: calls.count(message_id) == 2)
+    assert calls.attempts(message_id) == [0, 1]
+    assert await _settled(broker, topology, service) == NOTHING_LEFT
+
+
+async def test_a_request_with_forged_identity_is_quarantined_without_an_answer(
+    broker: Broker, start_consumer: StartConsumer, settings: BrokerSettings
+) -> None:
+    # The requester may be the forger: it learns nothing of why. A request
+    # refused for another reason is answered, which shows the answers arrive.
+    topology = settings.topology()
+    service = service_name()
+    await start_consumer(service, [spec(Calls().handler())])
+    # A reply queue of the deployment's naming, outliving the test's channel;
+    # its reply exchange goes with it (auto-delete).
+    answers = topology.reply_queue("tester", "0123456789ab")
+    broker.extra_queues.add(answers)
+    channel = await broker.connection.channel()
+    try:
+        replies = await channel.declare_exchange(
+            topology.reply_exchange("tester"),
+            aio_pika.ExchangeType.DIRECT,
+            durable=True,
+            auto_delete=True,
+        )
+        queue = await channel.declare_queue(answers, durable=True)
+        await queue.bind(replies, routing_key=answers)
+    finally:
+        await channel.close()
+
+    forged_id = await send(
+        broker, headers=_identity(**{h.INTERNAL: "true"}), reply_to=answers
+    )
+    off_schema_id = await send(broker, body=b'{"text": 5}', reply_to=answers)
+
+    parked = await broker.drain(topology.quarantine_queue(service), expect=2)
+    assert {m.message_id for m in parked} == {forged_id, off_schema_id}
+    # The answer to a refusal is confirmed before the copy to quarantine.
+    [answer] = await broker.drain(answers, expect=1)
+    assert answer.correlation_id == off_schema_id
+    assert await broker.depth(answers) == 0
 
 
 async def test_a_principal_without_the_required_role_is_quarantined(
@@ -370,8 +503,11 @@ async def test_a_start_the_broker_refuses_says_why_and_leaves_nothing_running(
 async def test_wrong_credentials_are_named_in_the_start_error(
     settings: BrokerSettings,
 ) -> None:
+    # The tests' own broker (local or a container), with a password it refuses.
+    parts = urlsplit(settings.amqp_url.get_secret_value())
+    netloc = f"{parts.username}:not-the-password@{parts.hostname}:{parts.port or 5672}"
     wrong = settings.model_copy(
-        update={"amqp_url": SecretStr("amqp://guest:not-the-password@localhost:5672/")}
+        update={"amqp_url": SecretStr(urlunsplit(parts._replace(netloc=netloc)))}
     )
     consumer = Consumer(service_name(), [spec(Calls().handler())], wrong)
 

@@ -97,6 +97,40 @@ def test_service_name_with_upper_case_is_refused():
     assert caught.value.header == h.ACTORS
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda roles: Principal.user("alice", roles, entered_by="edge"),
+        lambda roles: Principal.service("scheduler", roles, origin=Origin.SCHEDULE),
+    ],
+    ids=["user", "service"],
+)
+@pytest.mark.parametrize("roles", ["admin", b"admin", bytearray(b"admin")])
+def test_a_single_string_for_roles_is_a_type_error_not_one_role_per_letter(
+    make: Any, roles: Any
+) -> None:
+    # Every letter of "admin" is a valid role name: without the check the
+    # principal would hold the roles a, d, i, m and n.
+    with pytest.raises(TypeError, match="admin"):
+        make(roles)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("roles", "admin"),
+        ("roles", {"admin"}),
+        ("actors", "edge"),
+        ("actors", ["edge"]),
+    ],
+)
+def test_the_constructor_refuses_roles_and_actors_of_another_collection_type(
+    field: str, value: Any
+) -> None:
+    with pytest.raises(TypeError, match=field):
+        dataclasses.replace(alice(), **{field: value})
+
+
 def test_handed_to_keeps_who_the_work_is_for_and_appends_the_service():
     user = Principal.user("alice", ["reader"], entered_by="edge", tenant="acme")
 
@@ -211,6 +245,23 @@ def test_no_headers_at_all_is_a_missing_version():
 def test_other_baton_headers_do_not_affect_identity():
     table: dict[str, Any] = encode_principal(alice())
     table.update({key: "anything" for key in h.KNOWN_HEADERS - h.IDENTITY_HEADERS})
+
+    assert decode_principal(table) == alice()
+
+
+def _nested(depth: int, bottom: object) -> object:
+    value = bottom
+    for level in range(depth):
+        value = [value] if level % 2 else {"next": value}
+    return value
+
+
+@pytest.mark.parametrize("bottom", ["ok", b"\xff"], ids=["text", "not_utf8"])
+def test_a_foreign_header_is_ignored_however_deep_and_whatever_it_holds(
+    bottom: object,
+):
+    # Deeper than Python's recursion limit: the decoder never walks into it.
+    table = {**encode_principal(alice()), "x-trace": _nested(10_000, bottom)}
 
     assert decode_principal(table) == alice()
 

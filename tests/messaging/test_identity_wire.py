@@ -16,9 +16,10 @@ import pytest
 import pytest_asyncio
 
 from messaging import headers as h
-from messaging.errors import IdentityError
+from messaging.errors import HeaderTypeError, IdentityError
 from messaging.identity import Origin, Principal, decode_principal, encode_principal
 from tests.conftest import Broker
+from tests.messaging.raw_amqp import RawPublisher, properties
 from tests.vectors import format as vectors
 
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio]
@@ -194,3 +195,34 @@ async def test_a_repeated_key_routes_on_its_first_copy_and_reads_as_its_last(
     # A dict consumer cannot tell, hence the rule that forbids the repeat.
     assert received.headers[h.SUBJECT] == "mallory"
     assert decode_principal(received.headers).subject == "mallory"
+
+
+async def test_text_that_is_not_utf8_arrives_as_bytes_refused_only_in_identity(
+    amqp_url, broker, queue
+):
+    # aio-pika cannot publish such a value; other clients can, and RabbitMQ
+    # forwards it. pamqp then hands the consumer bytes instead of a str.
+    raw = await RawPublisher.connect(amqp_url)
+    try:
+        for header in ("traceparent", h.SUBJECT):
+            headers = {**encode_principal(PRINCIPALS["user"]), header: "zzzz"}
+            await raw.publish(
+                "",
+                queue,
+                b"{}",
+                properties(header, "echo.say", **headers),
+                patch=(b"\x00\x00\x00\x04zzzz", b"\x00\x00\x00\x04zz\xff\xfe"),
+            )
+    finally:
+        await raw.close()
+
+    received = {m.message_id: m.headers for m in await broker.drain(queue, expect=2)}
+
+    foreign, identity = received["traceparent"], received[h.SUBJECT]
+    assert type(foreign["traceparent"]) is bytes
+    assert decode_principal(foreign) == PRINCIPALS["user"]
+    assert type(identity[h.SUBJECT]) is bytes
+    with pytest.raises(HeaderTypeError) as caught:
+        decode_principal(identity)
+    assert caught.value.header == h.SUBJECT
+    assert "not UTF-8" in str(caught.value)

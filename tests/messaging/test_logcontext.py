@@ -99,6 +99,31 @@ async def test_security_log_names_the_message_but_never_a_token(
     assert "guest:guest" not in records.text
 
 
+@pytest.mark.asyncio
+@pytest.mark.broker
+async def test_a_refusal_is_logged_with_code_header_message_and_publisher_escaped(
+    broker: Broker,
+    start_consumer: StartConsumer,
+    records: pytest.LogCaptureFixture,
+) -> None:
+    service = service_name()
+    await start_consumer(service, [spec(Calls().handler())])
+    forged = "alice\n2024-01-01 WARNING baton.security all clear"
+    headers = {**encode_principal(alice()), h.SUBJECT: forged}
+
+    message_id = await send(broker, headers=headers, user_id="guest")
+    # The line is written before the copy goes to quarantine.
+    await broker.drain(broker.topology.quarantine_queue(service), expect=1)
+
+    [line] = [r for r in records.records if r.name == "baton.security"]
+    said = line.getMessage()
+    assert line.levelno == logging.WARNING
+    for part in (message_id, "'guest'", "HeaderValueError", h.SUBJECT):
+        assert part in said
+    # The forged subject is escaped: it cannot start a log line of its own.
+    assert "\n" not in said
+
+
 def test_debug_logging_keeps_the_amqp_client_from_dumping_frames() -> None:
     root = logging.getLogger()
     saved = root.handlers[:], root.level

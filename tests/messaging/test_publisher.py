@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from pamqp.common import FieldTable
 
 from messaging import headers as h
 from messaging.connection import Link
@@ -42,7 +43,7 @@ async def publisher(link: Link, settings: BrokerSettings) -> AsyncIterator[Publi
 
 
 async def _bound_queue(
-    broker: Broker, routing_key: str, arguments: dict[str, object] | None = None
+    broker: Broker, routing_key: str, arguments: FieldTable | None = None
 ) -> str:
     """A queue bound to the commands exchange under `routing_key`; cleaned up."""
     name = f"{broker.topology.prefix}.probe.{service_name()}"
@@ -126,7 +127,7 @@ async def test_an_unroutable_message_is_returned_not_dropped(
 async def test_a_message_the_broker_refuses_raises_nacked(
     broker: Broker, publisher: Publisher
 ) -> None:
-    full = {"x-max-length": 0, "x-overflow": "reject-publish"}
+    full: FieldTable = {"x-max-length": 0, "x-overflow": "reject-publish"}
     queue = await _bound_queue(broker, "plan.full", full)
 
     with pytest.raises(PublishNacked):

@@ -22,6 +22,7 @@ from tests.messaging.conftest import (
     Say,
     StartConsumer,
     alice,
+    last_death,
     service_name,
     spec,
     unattended_queue,
@@ -135,7 +136,7 @@ async def test_a_request_nobody_answers_times_out_and_expires(
     # late; the broker parks it in quarantine, marked as expired.
     quarantine = broker.topology.quarantine_queue(service)
     [expired] = await broker.drain(quarantine, expect=1)
-    assert expired.headers["x-death"][0]["reason"] == "expired"
+    assert last_death(expired) == (broker.topology.service_queue(service), "expired")
     assert expired.type == ECHO
 
 

@@ -6,6 +6,7 @@ import asyncio
 
 import aiormq
 import pytest
+from pamqp.common import FieldTable
 
 from messaging.topology import Topology, supports_quorum
 from tests.conftest import Broker
@@ -50,9 +51,7 @@ def test_quorum_support_is_read_from_the_server_version(
     assert supports_quorum({"version": version}) is expected
 
 
-async def _redeclare_fails(
-    broker: Broker, name: str, arguments: dict[str, object]
-) -> bool:
+async def _redeclare_fails(broker: Broker, name: str, arguments: FieldTable) -> bool:
     """Whether re-declaring `name` with `arguments` is refused as inequivalent."""
     channel = await broker.connection.channel()
     try:
@@ -89,7 +88,7 @@ async def test_work_queue_is_quorum_with_the_configured_delivery_limit(
     service = service_name()
     queue = await unattended_queue(broker, service)
     topology = broker.topology
-    declared = {
+    declared: FieldTable = {
         "x-queue-type": "quorum",
         "x-delivery-limit": topology.delivery_limit,
         "x-dead-letter-exchange": topology.quarantine_exchange(service),

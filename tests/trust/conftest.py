@@ -58,7 +58,7 @@ def signed(
     introduces_users: bool = True,
     issued: float | None = None,
     reply_to: str = "",
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Identity headers plus the signature `key` makes for them."""
     clock = (lambda: issued) if issued is not None else time.time
     # The signer is told whatever it needs: tests play hostile signers too.
@@ -69,7 +69,7 @@ def signed(
         ttl=60,
         clock=clock,
     )
-    headers: dict[str, object] = dict(encode_principal(principal))
+    headers: dict[str, Any] = dict(encode_principal(principal))
     # publish_as sends the message id as the correlation id, as Baton does.
     signature = signer.sign(
         destination,
@@ -85,12 +85,6 @@ def signed(
 
 def to_core(deployment: Deployment, message_type: str = PLACE) -> Destination:
     return Destination(f"{deployment.prefix}.commands", message_type, message_type)
-
-
-def management_url(amqp_url: str) -> str:
-    """The management API beside the broker, with the same admin credentials."""
-    parts = urlsplit(amqp_url)
-    return f"http://{parts.username}:{parts.password}@{parts.hostname}:15672/"
 
 
 @dataclass
@@ -241,9 +235,8 @@ def provision(deployment: Deployment, passwords_dir: Path) -> int:
 
 
 @pytest.fixture
-def management(amqp_url: str) -> Iterator[Management]:
-    url = management_url(amqp_url)
-    with Management(url) as client:
+def management(management_url: str) -> Iterator[Management]:
+    with Management(management_url) as client:
         try:
             client.get("/api/overview")
         except TrustConfigError as exc:
@@ -257,6 +250,7 @@ def management(amqp_url: str) -> Iterator[Management]:
 @contextlib.asynccontextmanager
 async def provisioned(
     amqp_url: str,
+    management_url: str,
     prefix: str,
     management: Management,
     tmp_path: Path,
@@ -272,7 +266,6 @@ async def provisioned(
     passwords = {user: secrets.token_urlsafe(18) for user in users}
     for user, password in passwords.items():
         (passwords_dir / user).write_text(password)
-    url = management_url(amqp_url)
     deployment = Deployment(
         amqp_url=amqp_url,
         vhost=vhost,
@@ -281,7 +274,7 @@ async def provisioned(
         passwords=passwords,
         key_dir=tmp_path / "keys",
         keyring=tmp_path / "keyring.json",
-        management=url,
+        management=management_url,
         target=target,
         declared=declared,
     )
@@ -310,30 +303,36 @@ def _key_paths(deployment: Deployment) -> list[str]:
 @pytest_asyncio.fixture
 async def deployment(
     amqp_url: str,
+    management_url: str,
     prefix: str,
     management: Management,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[Deployment]:
     """The test services of ``tests/trust/services.py``, provisioned."""
-    monkeypatch.setenv("BATON_MANAGEMENT_URL", management_url(amqp_url))
+    monkeypatch.setenv("BATON_MANAGEMENT_URL", management_url)
     target = "tests.trust.services:DECLARATIONS"
-    async with provisioned(amqp_url, prefix, management, tmp_path, target) as made:
+    async with provisioned(
+        amqp_url, management_url, prefix, management, tmp_path, target
+    ) as made:
         yield made
 
 
 @pytest_asyncio.fixture
 async def reference_deployment(
     amqp_url: str,
+    management_url: str,
     prefix: str,
     management: Management,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[Deployment]:
     """The reference system (edge, users, core, notifications, scheduler)."""
-    monkeypatch.setenv("BATON_MANAGEMENT_URL", management_url(amqp_url))
+    monkeypatch.setenv("BATON_MANAGEMENT_URL", management_url)
     target = "baton.provision_commands:reference_declarations"
-    async with provisioned(amqp_url, prefix, management, tmp_path, target) as made:
+    async with provisioned(
+        amqp_url, management_url, prefix, management, tmp_path, target
+    ) as made:
         yield made
 
 

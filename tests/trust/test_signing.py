@@ -21,8 +21,8 @@ from messaging.errors import (
 from messaging.identity import Origin, Principal, PrincipalKind, encode_principal
 from messaging.signing import (
     ASSERTION_VERSION,
-    Delivery,
     Destination,
+    Envelope,
     KeyRing,
     KeyRingFile,
     OriginAssertion,
@@ -78,7 +78,7 @@ def sign(key: SigningKey, clock: Clock, principal: Principal = ALICE, **kw: Any)
 
 
 def verify(verifier: Verifier, headers: dict[str, Any], **kw: Any):
-    delivery = Delivery(
+    delivery = Envelope(
         publisher=kw.get("publisher", "edge"),
         route=TO_CORE,
         message_id=kw.get("mid", "m1"),

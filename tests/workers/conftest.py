@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -13,7 +14,7 @@ from pydantic import BaseModel
 
 from contracts import Contract
 from messaging.connection import Link
-from messaging.identity import Principal
+from messaging.identity import Principal, decode_principal
 from messaging.publisher import Publisher
 from messaging.rpc import Requester
 from messaging.settings import BrokerSettings
@@ -124,6 +125,62 @@ async def eventually(
             return
         if loop.time() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class Tap:
+    """A queue of the test's own, bound where services publish: what went by."""
+
+    def __init__(self, broker: Broker, queue: str) -> None:
+        self.broker = broker
+        self.queue = queue
+
+    @classmethod
+    async def on(cls, broker: Broker, exchange: str, routing_key: str) -> Tap:
+        name = f"{broker.topology.prefix}.tap.{secrets.token_hex(4)}"
+        broker.extra_queues.add(name)
+        channel = await broker.connection.channel()
+        try:
+            queue = await channel.declare_queue(name)
+            await queue.bind(exchange, routing_key)
+        finally:
+            await channel.close()
+        return cls(broker, name)
+
+    async def principals(self, expect: int = 1) -> list[Principal]:
+        """The principals of the next `expect` messages, as a receiver decodes them."""
+        taken = await self.broker.drain(self.queue, expect=expect)
+        assert len(taken) == expect, f"{len(taken)} messages went by, not {expect}"
+        return [decode_principal(message.headers) for message in taken]
+
+
+async def settled(
+    worker: Worker, broker: Broker, *, quiet: float = 1.0, timeout: float = 20.0
+) -> None:
+    """Wait until `worker` handles nothing and its queues stay empty for `quiet` s.
+
+    `quiet` outlasts the tests' whole retry path (0.1 s, then 0.2 s), so a copy
+    on its way from a retry queue back to the service queue shows up in time.
+    """
+    topology = broker.topology
+    queues = [
+        topology.service_queue(worker.name),
+        *(topology.retry_queue(worker.name, d) for d in topology.retry_delays),
+    ]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    calm_since: float | None = None
+    while True:
+        depths = [await broker.depth(queue) for queue in queues]
+        now = loop.time()
+        if worker.consumer.in_flight or any(depths):
+            calm_since = None
+        elif calm_since is None:
+            calm_since = now
+        elif now - calm_since >= quiet:
+            return
+        if now > deadline:
+            pytest.fail(f"{worker.name} did not settle within {timeout}s: {depths}")
         await asyncio.sleep(0.05)
 
 

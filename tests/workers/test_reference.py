@@ -7,6 +7,7 @@ every hop and the notification records the chain of services that acted.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import pytest_asyncio
 
 from contracts import (
+    PLAN_CANCEL_REFRESH,
     PLAN_CHANGED,
     PLAN_CREATE,
     PLAN_GET,
@@ -22,6 +24,7 @@ from contracts import (
     PLAN_SCHEDULE_REFRESH,
     PROFILE_GET,
     PROFILE_UPDATE_INTENT,
+    PlanCancelRefresh,
     PlanChanged,
     PlanCreate,
     PlanGet,
@@ -34,10 +37,17 @@ from contracts import (
 )
 from messaging import headers as h
 from messaging.errors import RemoteError
-from messaging.identity import Principal
+from messaging.identity import Origin, Principal
 from messaging.settings import BrokerSettings
 from tests.conftest import Broker
-from tests.workers.conftest import Sender, StartWorker, eventually, user
+from tests.workers.conftest import (
+    Sender,
+    StartWorker,
+    Tap,
+    eventually,
+    settled,
+    user,
+)
 from workers.scheduler import Scheduler
 from workers.services.core import PlanStore
 from workers.services.notifications import NotificationStore
@@ -122,9 +132,16 @@ async def _create_plan(sender: Sender, system: System, who: Principal = ALICE) -
 
 
 async def test_a_plan_created_at_the_edge_keeps_the_user_at_every_hop(
-    system: System, sender: Sender
+    system: System, sender: Sender, broker: Broker
 ) -> None:
+    asked = await Tap.on(broker, broker.topology.commands, PROFILE_GET.name)
+
     plan_id = await _create_plan(sender, system)
+
+    [at_users] = await asked.principals()
+    assert (at_users.subject, at_users.roles) == ("alice", frozenset({"planner"}))
+    assert at_users.actors == ("edge", "core")
+    assert at_users.origin is Origin.REQUEST and at_users.internal
 
     plan = await system.plans.plan(plan_id)
     assert plan is not None
@@ -137,16 +154,12 @@ async def test_a_plan_created_at_the_edge_keeps_the_user_at_every_hop(
 
 
 async def test_a_standing_refresh_runs_for_the_user_through_core_and_users(
-    system: System, sender: Sender, scheduler: Scheduler
+    system: System, sender: Sender, scheduler: Scheduler, broker: Broker
 ) -> None:
-    plan_id = await _create_plan(sender, system)
-    await sender.command(
-        PLAN_SCHEDULE_REFRESH,
-        PlanScheduleRefresh(plan_id=plan_id, every_minutes=5),
-        ALICE,
-    )
-    await eventually(lambda: _standing(scheduler), what="the standing job")
+    plan_id = await _standing_refresh(sender, system, scheduler)
     assert len(await _standing(scheduler)) == 1
+
+    asked = await Tap.on(broker, broker.topology.commands, PROFILE_GET.name)
 
     fired = await scheduler.fire_due(NOON + timedelta(seconds=3))
 
@@ -155,11 +168,28 @@ async def test_a_standing_refresh_runs_for_the_user_through_core_and_users(
         lambda: _notified(system, "alice", 2),
         what="the refresh's notification",
     )
+    [at_users] = await asked.principals()
+    assert at_users.actors == ("scheduler", "core")
+    assert (at_users.subject, at_users.origin) == ("alice", Origin.REQUEST)
     refreshed = (await system.notifications.for_subject("alice"))[1]
     assert (refreshed.change, refreshed.version) == ("refreshed", 2)
     assert refreshed.actors == ("scheduler", "core")
     plan = await system.plans.plan(plan_id)
     assert plan is not None and plan.intent == "run a marathon"
+
+
+async def _standing_refresh(
+    sender: Sender, system: System, scheduler: Scheduler
+) -> str:
+    """Alice's new plan, with a standing refresh the scheduler holds."""
+    plan_id = await _create_plan(sender, system)
+    await sender.command(
+        PLAN_SCHEDULE_REFRESH,
+        PlanScheduleRefresh(plan_id=plan_id, every_minutes=5),
+        ALICE,
+    )
+    await eventually(lambda: _standing(scheduler), what="the standing job")
+    return plan_id
 
 
 async def _standing(scheduler: Scheduler) -> list[str]:
@@ -252,7 +282,7 @@ async def test_an_event_announcing_another_users_plan_is_quarantined(
 
 
 async def test_a_duplicated_create_makes_one_plan_and_one_notification(
-    system: System, sender: Sender
+    system: System, sender: Sender, broker: Broker
 ) -> None:
     await sender.command(
         PROFILE_UPDATE_INTENT, ProfileUpdateIntent(intent="swim"), ALICE
@@ -264,12 +294,15 @@ async def test_a_duplicated_create_makes_one_plan_and_one_notification(
     await eventually(
         lambda: system.plans.handled("core", "create-once"), what="the create"
     )
-    await eventually(
-        lambda: system.notifications.for_subject("alice"), what="the notification"
-    )
+    await settled(system.workers["core"], broker)
+    await settled(system.workers["notifications"], broker)
+
+    # The copies were skipped as duplicates and acked, not failed on the plan's
+    # primary key and dead-lettered.
+    assert await broker.depth(broker.topology.dead_queue("core")) == 0
+    assert await broker.depth(broker.topology.quarantine_queue("core")) == 0
     rows = await system.plans.query("SELECT plan_id FROM plans")
     assert [row["plan_id"] for row in rows] == ["create-once"]
-    await sender.command(PROFILE_UPDATE_INTENT, ProfileUpdateIntent(intent="x"), ALICE)
     notes = await system.notifications.for_subject("alice")
     assert [(n.plan_id, n.version) for n in notes] == [("create-once", 1)]
 
@@ -330,7 +363,104 @@ async def test_a_standing_refresh_of_another_users_plan_is_refused(
         broker.topology.quarantine_queue("scheduler"), expect=1
     )
     assert parked.headers[h.FAILURE_CODE] == "Forbidden"
-    assert "'alice' may not schedule" in str(parked.headers[h.FAILURE_REASON])
+    reason = str(parked.headers[h.FAILURE_REASON])
+    assert reason.startswith("Forbidden: 'alice' does not own plan")
     [asked] = await broker.drain(broker.topology.quarantine_queue("core"), expect=1)
     assert asked.type == "plan.get"
+    assert await broker.depth(broker.topology.quarantine_queue("core")) == 0
     assert await _standing(scheduler) == []
+
+
+async def test_a_standing_refresh_of_a_missing_plan_is_dead_lettered_at_once(
+    system: System, sender: Sender, scheduler: Scheduler, broker: Broker
+) -> None:
+    await sender.command(
+        PLAN_SCHEDULE_REFRESH,
+        PlanScheduleRefresh(plan_id="no-such-plan", every_minutes=5),
+        ALICE,
+    )
+
+    [dead] = await broker.drain(broker.topology.dead_queue("scheduler"), expect=1)
+    assert dead.headers[h.FAILURE_CODE] == "RemoteNotFound"
+    assert h.ATTEMPT not in dead.headers
+    assert "no plan 'no-such-plan'" in str(dead.headers[h.FAILURE_REASON])
+    assert await _standing(scheduler) == []
+
+
+async def test_a_user_cancels_their_standing_refresh_and_it_stops_firing(
+    system: System, sender: Sender, scheduler: Scheduler
+) -> None:
+    plan_id = await _standing_refresh(sender, system, scheduler)
+
+    await sender.command(
+        PLAN_CANCEL_REFRESH, PlanCancelRefresh(plan_id=plan_id), user("alice")
+    )
+
+    await eventually(lambda: _no_standing(scheduler), what="the cancellation")
+    fired = await scheduler.fire_due(NOON + timedelta(seconds=3))
+    assert f"refresh/alice/{plan_id}" not in [f.job for f in fired]
+
+
+async def _no_standing(scheduler: Scheduler) -> bool:
+    return await _standing(scheduler) == []
+
+
+async def test_another_user_cannot_cancel_a_standing_refresh(
+    system: System, sender: Sender, scheduler: Scheduler, broker: Broker
+) -> None:
+    plan_id = await _standing_refresh(sender, system, scheduler)
+
+    await sender.command(
+        PLAN_CANCEL_REFRESH, PlanCancelRefresh(plan_id=plan_id), user("mallory")
+    )
+
+    [parked] = await broker.drain(
+        broker.topology.quarantine_queue("scheduler"), expect=1
+    )
+    assert parked.headers[h.FAILURE_CODE] == "Forbidden"
+    assert "'mallory' may not cancel" in str(parked.headers[h.FAILURE_REASON])
+    assert await _standing(scheduler) == [f"refresh/alice/{plan_id}"]
+
+
+async def test_cancelling_a_refresh_nobody_set_up_is_dead_lettered_as_not_found(
+    system: System, sender: Sender, scheduler: Scheduler, broker: Broker
+) -> None:
+    await sender.command(
+        PLAN_CANCEL_REFRESH, PlanCancelRefresh(plan_id="never-scheduled"), ALICE
+    )
+
+    [dead] = await broker.drain(broker.topology.dead_queue("scheduler"), expect=1)
+    assert dead.headers[h.FAILURE_CODE] == "NotFound"
+    assert "no standing refresh of plan 'never-scheduled'" in str(
+        dead.headers[h.FAILURE_REASON]
+    )
+
+
+async def test_scheduler_replicas_sharing_a_state_dir_refresh_once_per_tick(
+    system: System,
+    sender: Sender,
+    scheduler: Scheduler,
+    run: StartWorker,
+    broker: Broker,
+    worker_settings: WorkerSettings,
+) -> None:
+    replica = build_scheduler(worker_settings)
+    try:
+        worker = await run(replica.service)
+        replica.bind(worker.consumer.publisher, worker.consumer.topology)
+        plan_id = await _standing_refresh(sender, system, scheduler)
+
+        # Whichever replica took the registration, both read the same database.
+        assert await _standing(replica) == [f"refresh/alice/{plan_id}"]
+        tick = NOON + timedelta(seconds=3)
+        fired = await asyncio.gather(scheduler.fire_due(tick), replica.fire_due(tick))
+        await eventually(lambda: _notified(system, "alice", 2), what="the refresh")
+        await settled(system.workers["core"], broker)
+    finally:
+        replica.store.close()
+
+    job = f"refresh/alice/{plan_id}"
+    assert [[f.job for f in round_] for round_ in fired] == [[job], [job]]
+    assert fired[0][0].message_id == fired[1][0].message_id
+    plan = await system.plans.plan(plan_id)
+    assert plan is not None and plan.version == 2

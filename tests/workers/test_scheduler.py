@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +24,8 @@ from workers.inbox import SqliteStore
 from workers.schedule import Every, catch_up
 from workers.scheduler import Job, Scheduler, SchedulerStore
 from workers.service import Service
+from workers.settings import WorkerSettings
+from workers.system import build_scheduler
 
 NOON = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 MINUTE = Every(timedelta(minutes=1))
@@ -207,16 +211,22 @@ async def test_the_running_loop_fires_ticks_by_the_injected_clock(
     scheduler = _scheduler(schedulers, tmp_path / "loop.sqlite3", clock=clock)
     broker.track(scheduler.name)
 
+    async def last_ticks() -> list[datetime]:
+        rows = await scheduler.store.query("SELECT last_tick FROM fired")
+        return [datetime.fromisoformat(row["last_tick"]) for row in rows]
+
+    async def third_tick_recorded() -> bool:
+        # A tick is recorded once its publish is confirmed, which may be after
+        # the target already has the message.
+        ticks = await last_ticks()
+        return bool(ticks) and ticks[0] >= NOON + timedelta(minutes=2)
+
     await scheduler.start(settings)
     await eventually(lambda: len(target.deliveries) >= 3, what="three ticks")
+    await eventually(third_tick_recorded, what="the third tick recorded")
     await scheduler.stop()
 
-    ticks = [
-        row["last_tick"]
-        for row in await scheduler.store.query("SELECT last_tick FROM fired")
-    ]
-    assert len(ticks) == 1
-    assert datetime.fromisoformat(ticks[0]) >= NOON + timedelta(minutes=2)
+    assert len(await last_ticks()) == 1
     assert len({message_id for message_id, _ in target.deliveries}) == len(
         target.deliveries
     )
@@ -259,3 +269,197 @@ def test_tick_ids_differ_by_tick_and_by_user_and_repeat_for_the_same_tick(
         assert job_a.message_id(NOON) != job_b.message_id(NOON)
     finally:
         scheduler.store.close()
+
+
+class Flaky:
+    """A job source that fails like a locked database `failures` times, then works."""
+
+    def __init__(self, jobs: list[Job], failures: int) -> None:
+        self.jobs = jobs
+        self.failures = failures
+        self.calls = 0
+
+    async def __call__(self) -> list[Job]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise sqlite3.OperationalError("database is locked")
+        return self.jobs
+
+
+def _for_alice(scheduler: Scheduler, name: str = "sweep-alice") -> Job:
+    return Job(
+        name,
+        MINUTE,
+        scheduler.for_user("alice", ["maintenance"]),
+        SWEEP,
+        Sweep(scope="alice"),
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.broker
+async def test_a_failing_job_source_is_logged_and_the_loop_keeps_firing(
+    target: Target,
+    schedulers: list[Scheduler],
+    broker: Broker,
+    tmp_path: Path,
+    settings: BrokerSettings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ManualClock(NOON + timedelta(seconds=30))
+    scheduler = _scheduler(schedulers, tmp_path / "loop.sqlite3", clock=clock)
+    source = Flaky([_for_alice(scheduler)], failures=3)
+    scheduler.add_source(source)
+    broker.track(scheduler.name)
+
+    await scheduler.start(settings)
+    await eventually(
+        lambda: any(p.subject == "alice" for _, p in target.deliveries),
+        what="the source's job, once the source works again",
+    )
+
+    assert not any(task.done() for task in scheduler.essential_tasks)
+    assert any(p.subject == "scheduler" for _, p in target.deliveries)
+    failed = [r for r in caplog.records if "a job source failed" in r.getMessage()]
+    assert failed and all(r.levelno == logging.ERROR and r.exc_info for r in failed)
+
+
+@pytest.mark.asyncio
+@pytest.mark.broker
+async def test_a_bad_job_from_a_source_is_skipped_and_the_others_fire(
+    target: Target,
+    schedulers: list[Scheduler],
+    sender: Sender,
+    tmp_path: Path,
+    settings: BrokerSettings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    scheduler = _scheduler(schedulers, tmp_path / "s.sqlite3")
+    imposter = Principal.service("core", ["maintenance"], origin=Origin.SCHEDULE)
+    bad = Job("as-core", MINUTE, imposter, SWEEP, Sweep(scope="all"))
+    good = _for_alice(scheduler)
+
+    async def source() -> list[Job]:
+        return [bad, good]
+
+    scheduler.add_source(source)
+    scheduler.bind(sender.publisher, settings.topology())
+
+    fired = await scheduler.fire_due(NOON + timedelta(seconds=5))
+
+    assert sorted(f.job for f in fired) == ["sweep-alice", "sweep-tmp"]
+    await eventually(lambda: len(target.deliveries) == 2, what="both sweeps")
+    assert "core" not in {p.subject for _, p in target.deliveries}
+    [skipped] = [r for r in caplog.records if "skipped job 'as-core'" in r.message]
+    assert skipped.levelno == logging.ERROR
+    assert "acts only as itself" in skipped.message
+
+
+@pytest.mark.asyncio
+@pytest.mark.broker
+async def test_a_job_whose_send_fails_does_not_hold_back_the_others(
+    target: Target,
+    schedulers: list[Scheduler],
+    sender: Sender,
+    tmp_path: Path,
+    settings: BrokerSettings,
+) -> None:
+    scheduler = _scheduler(schedulers, tmp_path / "s.sqlite3")
+    undeclared = Contract("t.undeclared", Sweep)
+    broken = Job(
+        "broken",
+        MINUTE,
+        scheduler.as_itself(["maintenance"]),
+        undeclared,
+        Sweep(scope="x"),
+    )
+
+    async def source() -> list[Job]:
+        return [broken, _for_alice(scheduler)]
+
+    scheduler.add_source(source)
+    scheduler.bind(sender.publisher, settings.topology())
+
+    fired = await scheduler.fire_due(NOON + timedelta(seconds=5))
+
+    assert sorted(f.job for f in fired) == ["sweep-alice", "sweep-tmp"]
+    assert await scheduler.store.last_fired("broken") is None
+
+
+class BrokenFor:
+    """A schedule that cannot say its next tick for the first `failures` asks."""
+
+    def __init__(self, inner: Every, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+
+    def latest(self, moment: datetime) -> datetime:
+        return self.inner.latest(moment)
+
+    def before(self, tick: datetime) -> datetime:
+        return self.inner.before(tick)
+
+    def after(self, moment: datetime) -> datetime:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ArithmeticError("no next tick")
+        return self.inner.after(moment)
+
+
+@pytest.mark.asyncio
+@pytest.mark.broker
+async def test_a_failed_round_backs_off_and_the_loop_carries_on(
+    target: Target,
+    schedulers: list[Scheduler],
+    broker: Broker,
+    tmp_path: Path,
+    settings: BrokerSettings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ManualClock(NOON + timedelta(seconds=30))
+    scheduler = Scheduler(SchedulerStore(tmp_path / "s.sqlite3"), clock=clock, poll=5)
+    schedulers.append(scheduler)
+    scheduler.add(
+        Job(
+            "sweep-tmp",
+            BrokenFor(MINUTE, failures=4),
+            scheduler.as_itself(["maintenance"]),
+            SWEEP,
+            Sweep(scope="tmp"),
+        )
+    )
+    broker.track(scheduler.name)
+
+    await scheduler.start(settings)
+    await eventually(lambda: len(clock.sleeps) >= 6, what="the loop to go on")
+
+    assert clock.sleeps[:4] == [1.0, 2.0, 4.0, 5.0]
+    assert not any(task.done() for task in scheduler.essential_tasks)
+    failed = [r for r in caplog.records if "round failed" in r.getMessage()]
+    assert len(failed) == 4 and all(r.exc_info for r in failed)
+    await eventually(lambda: target.deliveries, what="the first sweep")
+
+
+@pytest.mark.asyncio
+async def test_a_standing_refresh_row_that_makes_no_job_is_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    scheduler = build_scheduler(WorkerSettings(state_dir=tmp_path))
+    try:
+        async with scheduler.store.write() as db:
+            db.executemany(
+                "INSERT INTO standing_refresh VALUES (?, ?, ?, NULL, ?, '')",
+                [
+                    ("alice", "p-zero", '["planner"]', 0),
+                    ("bob", "p-roles", "not json", 5),
+                    ("carol", "p-good", '["planner"]', 5),
+                ],
+            )
+
+        names = [job.name for job in await scheduler.jobs()]
+    finally:
+        scheduler.store.close()
+
+    assert sorted(names) == ["prune-stale-plans", "refresh/carol/p-good"]
+    skipped = [r for r in caplog.records if "skipped the standing refresh" in r.message]
+    assert {r.levelno for r in skipped} == {logging.ERROR} and len(skipped) == 2

@@ -11,11 +11,17 @@ import pytest
 from contracts import Contract
 from contracts.catalogue import Strict
 from messaging import headers as h
-from messaging.errors import RemoteError, RequestTimeout
-from messaging.identity import MAX_ACTORS, Origin, Principal
+from messaging.errors import (
+    Forbidden,
+    RemoteError,
+    RemoteFailure,
+    RemoteNotFound,
+    RequestTimeout,
+)
+from messaging.identity import MAX_ACTORS, Origin, Principal, PrincipalKind
 from messaging.topology import Route
 from tests.conftest import Broker
-from tests.workers.conftest import Sender, StartWorker, eventually, user
+from tests.workers.conftest import Sender, StartWorker, Tap, eventually, user
 from workers.context import ServiceContext
 from workers.errors import NotFound, UndeclaredMessage
 from workers.service import Service
@@ -37,6 +43,7 @@ PONGED = Contract("t.ponged", Note, route=Route.EVENT)
 ASK = Contract("t.ask", Note, reply=Echo)
 HOP = Contract("t.hop", Note)
 BOUNCE = Contract("t.bounce", Note)
+RELAY = Contract("t.relay", Note, reply=Echo)
 
 
 class Sink:
@@ -318,9 +325,141 @@ async def test_a_callee_error_comes_back_as_a_remote_error_with_its_type(
 
     await eventually(lambda: outcomes, what="the error reply")
     [error] = outcomes
-    assert isinstance(error, RemoteError)
+    assert isinstance(error, RemoteNotFound)
     assert error.error_type == "NotFound"
     assert "nothing is called missing" in error.message
+
+
+def _strict_oracle() -> Service:
+    """A callee that refuses, cannot find or crashes on cue, and answers otherwise."""
+    oracle = Service("oracle")
+
+    @oracle.handles(ASK)
+    async def ask(ctx: ServiceContext, question: Note) -> Echo:
+        if question.text == "secret":
+            raise Forbidden(f"{ctx.principal.subject!r} may not ask for secrets")
+        if question.text == "missing":
+            raise NotFound("nothing is called missing")
+        if question.text == "crash":
+            raise RuntimeError("the oracle fell over")
+        return Echo(text=question.text)
+
+    return oracle
+
+
+def _propagating_asker(calls: list[int]) -> Service:
+    """A caller that lets whatever its request raises decide its own delivery."""
+    alpha = Service("alpha")
+    alpha.requests(ASK)
+
+    @alpha.handles(PING)
+    async def ping(ctx: ServiceContext, cmd: Note) -> None:
+        calls.append(ctx.attempt)
+        await ctx.request(ASK, cmd, Echo)
+
+    return alpha
+
+
+async def test_a_callee_refusal_is_quarantined_at_the_caller_and_asked_once(
+    run: StartWorker, sender: Sender, broker: Broker
+) -> None:
+    calls: list[int] = []
+    await run(_strict_oracle())
+    caller = await run(_propagating_asker(calls))
+    await sender.command(PING, Note(text="secret"), user("alice", "planner"))
+
+    [parked] = await _quarantined(broker, caller.name)
+
+    assert parked.headers[h.FAILURE_CODE] == "Forbidden"
+    reason = str(parked.headers[h.FAILURE_REASON])
+    assert reason == "Forbidden: 'alice' may not ask for secrets"
+    assert calls == [0]
+    [asked] = await _quarantined(broker, "oracle")
+    assert asked.type == ASK.name
+    assert await broker.depth(broker.topology.quarantine_queue("oracle")) == 0
+    assert await broker.depth(broker.topology.dead_queue(caller.name)) == 0
+
+
+async def test_a_chain_too_deep_at_the_callee_is_quarantined_at_the_caller(
+    run: StartWorker, sender: Sender, broker: Broker, settings: Any
+) -> None:
+    calls: list[int] = []
+    await run(_strict_oracle())
+    caller = await run(_propagating_asker(calls))
+    hops = tuple(f"hop{n}" for n in range(settings.max_chain_depth - 1))
+    deep = Principal(
+        subject="alice",
+        kind=PrincipalKind.USER,
+        roles=frozenset({"planner"}),
+        origin=Origin.EVENT,
+        internal=True,
+        actors=("edge", *hops),
+    )
+    await sender.command(PING, Note(text="hi"), deep)
+
+    [parked] = await _quarantined(broker, caller.name)
+
+    assert parked.headers[h.FAILURE_CODE] == "ChainTooDeep"
+    assert calls == [0]
+    [asked] = await _quarantined(broker, "oracle")
+    assert asked.headers[h.FAILURE_CODE] == "ChainTooDeep"
+
+
+async def test_a_callee_not_found_dead_letters_the_caller_at_once(
+    run: StartWorker, sender: Sender, broker: Broker
+) -> None:
+    calls: list[int] = []
+    await run(_strict_oracle())
+    caller = await run(_propagating_asker(calls))
+    await sender.command(PING, Note(text="missing"), user("alice", "planner"))
+
+    [dead] = await broker.drain(broker.topology.dead_queue(caller.name), expect=1)
+
+    assert dead.headers[h.FAILURE_CODE] == "RemoteNotFound"
+    assert "nothing is called missing" in str(dead.headers[h.FAILURE_REASON])
+    assert calls == [0]
+
+
+async def test_a_callee_crash_is_retried_by_the_caller_then_dead_lettered(
+    run: StartWorker, sender: Sender, broker: Broker, settings: Any
+) -> None:
+    calls: list[int] = []
+    await run(_strict_oracle())
+    caller = await run(_propagating_asker(calls))
+    await sender.command(PING, Note(text="crash"), user("alice", "planner"))
+
+    [dead] = await broker.drain(broker.topology.dead_queue(caller.name), expect=1)
+
+    assert dead.headers[h.FAILURE_CODE] == "RemoteFailure"
+    assert "the oracle fell over" in str(dead.headers[h.FAILURE_REASON])
+    assert calls == list(range(len(settings.retry_delays) + 1))
+    assert await broker.depth(broker.topology.dead_queue("oracle")) == 0
+
+
+async def test_a_callee_error_travels_up_a_chain_of_requests_under_its_own_name(
+    run: StartWorker, sender: Sender
+) -> None:
+    relay = Service("relay")
+    relay.requests(ASK)
+
+    @relay.handles(RELAY)
+    async def forward(ctx: ServiceContext, question: Note) -> Echo:
+        return await ctx.request(ASK, question, Echo)
+
+    await run(_strict_oracle())
+    await run(relay)
+    outcomes: dict[str, str] = {}
+    for text in ("secret", "missing", "crash"):
+        with pytest.raises(RemoteError) as caught:
+            await sender.request(RELAY, Note(text=text), user("alice"), Echo)
+        outcomes[text] = caught.value.error_type
+
+    assert outcomes == {
+        "secret": "Forbidden",
+        "missing": "NotFound",
+        "crash": "RuntimeError",
+    }
+    assert isinstance(caught.value, RemoteFailure)
 
 
 async def test_a_request_without_a_reply_in_time_raises_request_timeout(
@@ -357,7 +496,7 @@ async def test_each_reply_goes_only_to_its_own_caller(
 
 
 async def test_an_undeclared_request_raises_before_anything_is_sent(
-    run: StartWorker, sender: Sender
+    run: StartWorker, sender: Sender, broker: Broker
 ) -> None:
     outcomes: list[object] = []
     alpha = Service("alpha")
@@ -370,10 +509,16 @@ async def test_an_undeclared_request_raises_before_anything_is_sent(
             outcomes.append(exc)
 
     await run(alpha)
+    tap = await Tap.on(broker, broker.topology.commands, ASK.name)
     await sender.command(PING, Note(text="hi"), user("alice", "planner"))
 
     await eventually(lambda: outcomes, what="the refusal")
     assert "requests()" in str(outcomes[0])
+    # Anything alpha had sent would sit in the tap before this marker.
+    await sender.command(ASK, Note(text="marker"), user("marker"))
+    [first] = await tap.principals()
+    assert first.subject == "marker"
+    assert await broker.depth(tap.queue) == 0
 
 
 async def _quarantined(broker: Broker, service: str) -> list[Any]:
