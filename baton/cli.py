@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
-from baton import edge_commands, provision_commands, run_commands
+from baton import edge_commands, health_commands, provision_commands, run_commands
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -32,4 +32,5 @@ _REGISTRARS: list[Registrar] = [
     provision_commands.register,
     run_commands.register,
     edge_commands.register,
+    health_commands.register,
 ]

@@ -9,7 +9,8 @@ of the repository.
 
 ``baton keys`` makes a service's Ed25519 signing key and keeps the public key ring
 that consumers verify against; rotation is: generate, deploy, retire the old key
-with a grace period.
+with a grace period longer than ``BATON_ORIGIN_TTL``. Running consumers read the
+ring again when its file changes.
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ from messaging.declaration import ServiceDeclaration
 from messaging.errors import TrustConfigError
 from messaging.keyring import KeyRing, SigningKey
 from messaging.provision import AccountGrant, Management, definitions, plan
-from messaging.selfcheck import check_grants, read_grant
+from messaging.selfcheck import check_exchanges, check_grants, read_grant
 from messaging.settings import BrokerSettings
+from messaging.signing import CLOCK_SKEW
+from messaging.topology import Topology
 from messaging.trust import Accounts
 
 DEFAULT_DECLARATIONS = "baton.provision_commands:reference_declarations"
+# Added to BATON_ORIGIN_TTL for the default grace: clock skew and a short backlog.
+GRACE_MARGIN = 300.0
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -127,8 +132,11 @@ def _register_keys(
     retire.add_argument(
         "--grace",
         type=float,
-        default=3600.0,
-        help="seconds the old key still verifies (default 3600)",
+        help=(
+            "seconds the old key still verifies; longer than BATON_ORIGIN_TTL, "
+            "since origins travel that long (default BATON_ORIGIN_TTL + "
+            f"{GRACE_MARGIN:.0f}; 0 after a leak)"
+        ),
     )
     retire.set_defaults(run=run_keys_retire)
 
@@ -145,12 +153,15 @@ def run_provision(args: argparse.Namespace) -> int:
     )
     try:
         declared = load_declarations(args.declarations)
-        grants = plan(replace(settings.topology(), prefix=prefix), declared, accounts)
+        topology = replace(settings.topology(), prefix=prefix)
+        grants = plan(topology, declared, accounts)
         if args.show:
             _show(grants)
             return 0
         if args.check:
-            return _check(settings, args.vhost, grants, exclusive=args.exclusive)
+            return _check(
+                settings, args.vhost, topology, grants, exclusive=args.exclusive
+            )
         passwords = read_passwords(grants, args.passwords_dir)
         if args.export is not None:
             if args.operator:
@@ -158,13 +169,13 @@ def run_provision(args: argparse.Namespace) -> int:
                     args.operator, args.passwords_dir
                 )
             document = definitions(
-                args.vhost, grants, passwords, operator=args.operator
+                args.vhost, topology, grants, passwords, operator=args.operator
             )
             _write_secret(args.export, json.dumps(document, indent=2) + "\n")
             print(f"wrote definitions for {len(grants)} accounts to {args.export}")
             return 0
         with Management(_management_url(settings)) as management:
-            management.apply(args.vhost, grants, passwords)
+            management.apply(args.vhost, topology, grants, passwords)
     except TrustConfigError as exc:
         print(f"baton provision: {exc}", file=sys.stderr)
         return 1
@@ -250,6 +261,17 @@ def run_keys_generate(args: argparse.Namespace) -> int:
 
 
 def run_keys_retire(args: argparse.Namespace) -> int:
+    origin_ttl = BrokerSettings().origin_ttl
+    if args.grace is None:
+        args.grace = origin_ttl + GRACE_MARGIN
+    if 0 < args.grace < origin_ttl + CLOCK_SKEW:
+        print(
+            f"baton keys: warning: --grace {args.grace:.0f} is shorter than "
+            f"BATON_ORIGIN_TTL ({origin_ttl:.0f} s) plus {CLOCK_SKEW:.0f} s of "
+            "clock skew: work that entered under the old key before it was "
+            "replaced will be refused on its way",
+            file=sys.stderr,
+        )
     try:
         ring = KeyRing.load(args.keyring)
         ring.retiring(args.kid, time.time() + args.grace).save(args.keyring)
@@ -270,13 +292,14 @@ def run_keys_list(args: argparse.Namespace) -> int:
 def _check(
     settings: BrokerSettings,
     vhost: str,
+    topology: Topology,
     grants: Sequence[AccountGrant],
     *,
     exclusive: bool,
 ) -> int:
-    problems: list[str] = []
     url = _management_url(settings)
     with Management(url) as management:
+        problems = check_exchanges(management, vhost, topology)
         for grant in grants:
             actual = read_grant(management, vhost, grant.user, grant.service)
             problems += check_grants(actual, grant)

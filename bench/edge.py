@@ -91,7 +91,9 @@ async def edge_figures(amqp_url: str, base: str, load: EdgeLoad) -> dict[str, An
                         )
     finally:
         await delete_names(
-            amqp_url, topology.service_queues(SERVICE), list(topology.exchanges())
+            amqp_url,
+            topology.service_queues(SERVICE),
+            [*topology.exchanges(), *topology.service_exchanges(SERVICE)],
         )
 
     publish, verify_only = runs["publish"], runs["verify_only"]

@@ -16,6 +16,7 @@ from contracts.plans import PlanCreate
 from messaging.identity import decode_principal, encode_principal
 from messaging.signing import (
     Destination,
+    Envelope,
     KeyRing,
     Signer,
     SigningKey,
@@ -48,9 +49,9 @@ def identity_costs(*, quick: bool) -> dict[str, float]:
 def signing_steps() -> dict[str, Callable[[], object]]:
     """Signing one message on publish and verifying it on consume.
 
-    Verification is timed as for a redelivery (``first_delivery=False``): the
-    same message id is verified again and again, which the replay cache would
-    otherwise refuse after the first time.
+    Verification is timed as for a broker redelivery of a message not yet
+    settled (``redelivered``): the same message is verified again and again,
+    which the replay cache would otherwise refuse after the first time.
     """
     principal = edge_principal()
     headers = encode_principal(principal)
@@ -61,16 +62,10 @@ def signing_steps() -> dict[str, Callable[[], object]]:
     message_id = "0" * 32
     signed = {**headers, **signer.sign(destination, message_id, BODY, principal)}
 
+    delivery = Envelope(ENTRY, destination, message_id, "", "", BODY, redelivered=True)
+
     def verify() -> None:
-        verifier.verify(
-            signed,
-            publisher=ENTRY,
-            route=destination,
-            message_id=message_id,
-            body=BODY,
-            principal=principal,
-            first_delivery=False,
-        )
+        verifier.verify(signed, delivery, principal)
 
     return {
         "sign_us": lambda: signer.sign(destination, message_id, BODY, principal),

@@ -45,7 +45,9 @@ async def worker_memory(
         report = await _drain_in_subprocess(settings, backlog, prefetch)
     finally:
         await delete_names(
-            amqp_url, topology.service_queues(SERVICE), list(topology.exchanges())
+            amqp_url,
+            topology.service_queues(SERVICE),
+            [*topology.exchanges(), *topology.service_exchanges(SERVICE)],
         )
     return {"backlog": backlog, "prefetch": prefetch, **report}
 

@@ -106,7 +106,9 @@ async def _baton(spec: RunSpec, *, signed: bool) -> Timing:
         await link.stop()
         await consumer.stop()
         await delete_names(
-            spec.amqp_url, topology.service_queues(SERVICE), list(topology.exchanges())
+            spec.amqp_url,
+            topology.service_queues(SERVICE),
+            [*topology.exchanges(), *topology.service_exchanges(SERVICE)],
         )
 
 

@@ -26,9 +26,9 @@ from edge_api.routes import commands_router, health_router
 from edge_api.settings import EdgeSettings
 from edge_api.state import Edge
 from edge_api.tokens import EDGE_SERVICE, TokenVerifier
+from messaging.selfcheck import verify_startup
 from messaging.settings import BrokerSettings
 from messaging.signing import Signer
-from messaging.trust import build_trust
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,9 @@ def create_app(
     broker = broker or BrokerSettings()
     contracts = list(CATALOGUE.values() if catalogue is None else catalogue)
     if signer is None:
-        _policy, signer = build_trust(
+        # The same startup self-check as every service: settings, and the
+        # broker account's rights when a management URL is given.
+        _policy, signer = verify_startup(
             broker, EDGE_SERVICE, [edge_declaration(contracts)]
         )
     # Keys given up front are read now, so that a missing or unfit PEM file

@@ -88,7 +88,12 @@ class Consumer:
         self.requester = Requester(
             self.link, self.publisher, self.topology, owner=service
         )
-        self.outcomes = Outcomes(service, self.topology, self.publisher)
+        self.outcomes = Outcomes(
+            service,
+            self.topology,
+            self.publisher,
+            on_settled=trust.settled if trust is not None else None,
+        )
         self._channel: AbstractChannel | None = None
         self._underlay: aiormq.abc.AbstractChannel | None = None
         self._acks: Acks | None = None
@@ -255,6 +260,7 @@ class Consumer:
             requester=self.requester,
             request_timeout=self.settings.request_timeout,
             max_publishes=self.settings.max_publishes_per_delivery,
+            sent_by=self.trust.sender(delivery) if self.trust else "",
         )
         bind_message_context(log_context.acting_for(principal))
         carry(origin)

@@ -1,10 +1,11 @@
 """What a service declares about itself, from which its broker rights follow.
 
 A declaration lists what the service consumes (its handlers), what it publishes
-(events and commands), which requests it sends, and whether it may introduce a
-user into the system. The consumer's queues and bindings, the broker account's
-permissions and the consumers' trust map are all derived from declarations, so a
-service can do nothing it has not declared.
+(events and commands), which requests it sends, whether it may introduce a user
+into the system, and the roles it holds when it acts as itself. The consumer's
+queues and bindings, the broker account's permissions and the consumers' trust
+map are all derived from declarations, so a service can do nothing it has not
+declared.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class ServiceDeclaration:
     # Only the entry points (the edge, the scheduler) start work for a user who
     # is not already carried by a message they received.
     introduces_users: bool = False
+    # The roles the service holds when it acts as itself (a service principal):
+    # consumers refuse a service principal with any other.
+    roles: frozenset[str] = frozenset()
 
     def bindings(self) -> list[Binding]:
         return [Binding(spec.route, spec.message_type) for spec in self.handlers]

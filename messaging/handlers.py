@@ -67,6 +67,10 @@ class Context:
     requester: Requester | None = field(default=None, repr=False)
     request_timeout: float = 10.0
     max_publishes: int = 100
+    # The service that published the delivery, as the trust policy established
+    # it; '' when publishers are not checked. Message ids are the publisher's
+    # choice, so whatever is keyed by one is keyed by this too.
+    sent_by: str = ""
     _publishes: int = field(default=0, init=False, repr=False)
 
     def count_publish(self) -> None:

@@ -5,16 +5,20 @@ with the service and key id on a comment line above it). Consumers verify with
 the public key ring (:class:`KeyRing`, a JSON file): key id -> service, public
 key and an optional time after which the key is refused. Several keys per
 service let keys rotate: add the new one, switch the signer, retire the old one
-after a grace period (``baton keys``).
+after a grace period (``baton keys``). A consumer reads its ring through
+:class:`KeyRingFile`, which reads the file again when it changes, so a running
+consumer follows a rotation without a restart.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import secrets
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -27,7 +31,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from messaging.errors import SigningConfigError
 
+logger = logging.getLogger(__name__)
+
 KID_BYTES: Final = 8
+# How often a consumer looks whether its key ring file changed, in seconds.
+RELOAD_INTERVAL: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +110,70 @@ class KeyRing:
 
     def save(self, path: Path) -> None:
         path.write_text(self.to_json())
+
+
+FileStamp = tuple[int, int, int]
+
+
+class KeyRingFile:
+    """A key ring file, read again when it changes (checked every `interval` s).
+
+    A file that cannot be read, is malformed or holds no key (half written, or a
+    mistake) leaves the ring in use as it was, with a warning; the next change
+    is tried again. At start the file must be readable: :meth:`open` raises.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        ring: KeyRing,
+        *,
+        interval: float = RELOAD_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self._ring = ring
+        self._stamp = _stamp(path)
+        self._refused: FileStamp | None = None
+        self._interval = interval
+        self._clock = clock
+        self._next_look = clock() + interval
+
+    @classmethod
+    def open(cls, path: Path, **options: Any) -> KeyRingFile:
+        return cls(path, KeyRing.load(path), **options)
+
+    def current(self) -> KeyRing:
+        """The ring as the file holds it now (at most `interval` s old)."""
+        now = self._clock()
+        if now < self._next_look:
+            return self._ring
+        self._next_look = now + self._interval
+        stamp = _stamp(self.path)
+        if stamp != self._stamp and stamp != self._refused:
+            self._reload(stamp)
+        return self._ring
+
+    def _reload(self, stamp: FileStamp) -> None:
+        try:
+            ring = KeyRing.load(self.path)
+            if not len(ring):
+                raise SigningConfigError(f"the key ring {self.path} holds no key")
+        except SigningConfigError as exc:
+            self._refused = stamp
+            logger.warning("keeping the key ring in use: %s", exc)
+            return
+        self._ring, self._stamp, self._refused = ring, stamp, None
+        logger.info("reloaded the key ring %s: %d keys", self.path, len(ring))
+
+
+def _stamp(path: Path) -> FileStamp:
+    """What tells one version of a file from the next; zeros when it is missing."""
+    try:
+        info = path.stat()
+    except OSError:
+        return (0, 0, 0)
+    return (info.st_mtime_ns, info.st_size, info.st_ino)
 
 
 @dataclass(frozen=True, slots=True)

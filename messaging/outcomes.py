@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -34,6 +35,7 @@ from messaging.errors import (
 )
 from messaging.publisher import Publisher
 from messaging.topology import Topology
+from messaging.trust import TRUST_REFUSALS
 
 logger = logging.getLogger(__name__)
 security_log = logging.getLogger("baton.security")
@@ -44,10 +46,20 @@ MAX_REASON_CHARS = 1000
 class Outcomes:
     """Settles one service's deliveries; the consumer decides which outcome."""
 
-    def __init__(self, service: str, topology: Topology, publisher: Publisher) -> None:
+    def __init__(
+        self,
+        service: str,
+        topology: Topology,
+        publisher: Publisher,
+        *,
+        on_settled: Callable[[Delivery], None] | None = None,
+    ) -> None:
         self.service = service
         self.topology = topology
         self.publisher = publisher
+        # Told of every delivery acked, whatever the outcome: a copy of it that
+        # comes again, even flagged redelivered, is a replay (the trust policy).
+        self._on_settled = on_settled
 
     async def handled(self, delivery: Delivery, result: BaseModel | None) -> None:
         if delivery.reply_to:
@@ -87,7 +99,7 @@ class Outcomes:
             }
             await self._forward(
                 delivery,
-                self.topology.retry,
+                self.topology.retry_exchange(self.service),
                 self.topology.retry_queue(self.service, delay),
                 retry_headers,
             )
@@ -99,7 +111,7 @@ class Outcomes:
             logger.error("dead-lettering: handler failed", exc_info=exc)
         await self._forward(
             delivery,
-            self.topology.dead,
+            self.topology.dead_exchange(self.service),
             self.service,
             self._failure_headers(delivery, type(exc).__name__, reason),
         )
@@ -114,11 +126,15 @@ class Outcomes:
             exc.code,
             exc,
         )
-        if delivery.reply_to and not isinstance(exc, IdentityError):
+        if (
+            delivery.reply_to
+            and not isinstance(exc, IdentityError)
+            and not isinstance(exc, TRUST_REFUSALS)
+        ):
             await self._send_reply(delivery, error_body(exc), {h.ERROR_TYPE: exc.code})
         await self._forward(
             delivery,
-            self.topology.quarantine,
+            self.topology.quarantine_exchange(self.service),
             self.service,
             self._failure_headers(delivery, exc.code, str(exc)),
         )
@@ -135,6 +151,9 @@ class Outcomes:
             logger.warning(
                 "ack lost with the channel, the broker will redeliver: %s", exc
             )
+            return
+        if self._on_settled is not None and not requeue:
+            self._on_settled(delivery)
 
     def _failure_headers(
         self, delivery: Delivery, code: str, reason: str
@@ -149,7 +168,7 @@ class Outcomes:
     def _origin(self, delivery: Delivery) -> dict[str, str]:
         """Where the message was first published, also after a trip through retry.
 
-        A retried message comes back through ``redeliver``; the exchange and
+        A retried message comes back through our ``redeliver``; the exchange and
         routing key it was first sent to travel in our transport headers.
         """
         exchange, routing_key = delivery.exchange, delivery.routing_key
@@ -157,7 +176,7 @@ class Outcomes:
             delivery.headers.get(h.ORIGINAL_EXCHANGE),
             delivery.headers.get(h.ORIGINAL_ROUTING_KEY),
         )
-        if exchange == self.topology.redeliver and all(
+        if exchange == self.topology.redeliver_exchange(self.service) and all(
             type(value) is str for value in first
         ):
             exchange, routing_key = str(first[0]), str(first[1])
@@ -190,9 +209,13 @@ class Outcomes:
     async def _send_reply(
         self, delivery: Delivery, body: bytes, headers: dict[str, Any]
     ) -> None:
+        exchange = self.topology.reply_exchange_for(delivery.reply_to or "")
+        if exchange is None:
+            logger.warning("not replying to %r: no reply queue", delivery.reply_to)
+            return
         try:
             await self.publisher.publish(
-                self.topology.replies,
+                exchange,
                 delivery.reply_to or "",
                 message_type=f"{delivery.type}.reply",
                 body=body,

@@ -4,25 +4,32 @@ From the topology and the services' declarations this module derives, for each
 service, the RabbitMQ permissions (configure, write and read regexes over resource
 names) and the topic permissions (routing-key regexes per topic exchange):
 
-    configure  its own queues and reply queues, and the shared exchanges (every
-               process re-declares them on connect, which needs configure)
-    write      the exchanges it publishes to: commands / events when it declared
-               emits or requests, retry / dead / quarantine / replies when it
-               consumes, and redeliver (the dead-letter exchange of its retry
-               queues: declaring those needs it); its own queues (binding them
-               needs write on the queue)
-    read       the exchanges it binds from, its own queues
+    configure  its own queues and exchanges (retry path, parking, reply queues
+               and reply exchange); never a shared exchange, which
+               ``baton provision`` creates and a service only declares passively
+    write      commands / events when it declared emits or requests there; its
+               own retry, redeliver, dead and quarantine exchanges when it
+               consumes (it publishes to them, and its queues dead-letter into
+               them); the reply exchange of every service that sends it a
+               request; its own queues (binding them needs write on the queue)
+    read       the exchanges it binds from (commands / events for what it
+               handles, its own exchanges), its own queues
     topic      on commands and events, write only the message types it emits or
                requests, read (bind) only the types it handles; every topic
                exchange gets an entry, since none would mean "any routing key"
 
-No regex can match the default exchange, which RabbitMQ checks under the name
-``amq.default``, so no service can publish straight into a queue. Passwords never
-appear in generated files except as RabbitMQ's salted SHA-256 hash, and only in an
-export meant for the broker's boot (a secret, never committed).
+Every name in a grant is matched exactly: the shared exchanges are topic
+exchanges, where topic rights hold the routing keys, and every direct exchange
+belongs to one service, so no service can bind its queue to another's retries,
+dead letters, quarantine or replies. No regex can match the default exchange,
+which RabbitMQ checks under the name ``amq.default``, so no service can publish
+straight into a queue. Passwords never appear in generated files except as
+RabbitMQ's salted SHA-256 hash, and only in an export meant for the broker's boot
+(a secret, never committed).
 
 The plan is applied through the management HTTP API (:class:`Management`), or
-exported as a definitions document that the broker loads at boot.
+exported as a definitions document that the broker loads at boot; both create the
+shared exchanges too.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import httpx
 
 from messaging.declaration import ServiceDeclaration
 from messaging.errors import TrustConfigError
-from messaging.topology import Route, Topology
+from messaging.topology import REPLY_INSTANCE, Route, Topology
 from messaging.trust import Accounts
 
 logger = logging.getLogger(__name__)
@@ -73,15 +80,22 @@ def plan(
     accounts = accounts or Accounts()
     declared = list(declarations)
     _check_names(topology, declared)
-    return [grant_for(topology, d, accounts) for d in declared]
+    return [grant_for(topology, d, accounts, declared=declared) for d in declared]
 
 
 def grant_for(
-    topology: Topology, declaration: ServiceDeclaration, accounts: Accounts
+    topology: Topology,
+    declaration: ServiceDeclaration,
+    accounts: Accounts,
+    *,
+    declared: Iterable[ServiceDeclaration],
 ) -> AccountGrant:
-    """Exactly what `declaration` needs on the broker, and nothing more."""
+    """Exactly what `declaration` needs on the broker, and nothing more.
+
+    `declared` holds every service of the deployment: a service that answers
+    requests may write to the reply exchange of each one that sends it some.
+    """
     name = declaration.name
-    consumes = bool(declaration.handlers)
     handled = {route: _types(declaration, route) for route in Route}
     published = {
         Route.COMMAND: {
@@ -93,41 +107,30 @@ def grant_for(
         },
     }
 
-    own_queues: list[str] = []
+    owned: list[str] = []
     patterns: list[str] = []
-    if consumes:
-        own_queues = [
+    if declaration.handlers:
+        owned += [
             topology.service_queue(name),
             topology.dead_queue(name),
             topology.quarantine_queue(name),
+            *topology.service_exchanges(name),
         ]
         # Any retry delay: the grant does not change when the delays are tuned.
         patterns.append(re.escape(topology.service_queue(name)) + r"\.retry\.[0-9]+ms")
     if declaration.requests:
-        # The requester names its reply queue <prefix>.<service>.replies.<12 hex>.
-        patterns.append(re.escape(topology.reply_queue(name, "")) + "[0-9a-f]{12}")
-    configure = list(own_queues)
-    write = list(own_queues)
-    read = list(own_queues)
-    # Every process (re)declares the shared exchanges when it connects, which
-    # needs configure on them.
-    # TODO(when the runtime declares passively under provisioned accounts): drop
-    # this; configure also lets a service delete an exchange (availability).
-    configure += topology.exchanges()
-    if consumes:
-        # Declaring a queue with a dead-letter exchange needs write on it: the
-        # retry queues dead-letter into redeliver, the work queue into quarantine.
-        write += [topology.retry, topology.dead, topology.quarantine, topology.replies]
-        write.append(topology.redeliver)
-        read += [topology.redeliver, topology.retry, topology.dead, topology.quarantine]
+        owned.append(topology.reply_exchange(name))
+        patterns.append(re.escape(topology.reply_queue(name, "")) + REPLY_INSTANCE)
+    configure = list(owned)
+    write = [n for n in owned if n != topology.reply_exchange(name)]
+    read = list(owned)
+    write += [topology.reply_exchange(r) for r in _requesters(declaration, declared)]
     for route in Route:
         exchange = topology.exchange_for(route)
         if published[route]:
             write.append(exchange)
         if handled[route]:
             read.append(exchange)
-    if declaration.requests:
-        read.append(topology.replies)
 
     topics = {
         topology.exchange_for(route): (
@@ -144,6 +147,21 @@ def grant_for(
         read=_exactly(sorted(set(read)), patterns),
         topics=topics,
     )
+
+
+def shared_exchanges(topology: Topology) -> list[dict[str, Any]]:
+    """The shared exchanges as the broker's definitions and management API name them."""
+    return [
+        {
+            "name": name,
+            "type": kind.value,
+            "durable": True,
+            "auto_delete": False,
+            "internal": False,
+            "arguments": {},
+        }
+        for name, kind in topology.exchanges().items()
+    ]
 
 
 def rabbit_password_hash(password: str, salt: bytes | None = None) -> str:
@@ -167,12 +185,14 @@ def operator_grant(user: str) -> AccountGrant:
 
 def definitions(
     vhost: str,
+    topology: Topology,
     grants: Iterable[AccountGrant],
     passwords: Mapping[str, str],
     *,
     operator: str | None = None,
 ) -> dict[str, Any]:
-    """A RabbitMQ definitions document: the vhost, the accounts, their rights.
+    """A RabbitMQ definitions document: the vhost, its shared exchanges, the
+    accounts and their rights.
 
     It holds no other user: loaded at boot, the broker has no guest account. The
     optional `operator` is an administrator for provisioning and the self-check;
@@ -186,6 +206,9 @@ def definitions(
         raise TrustConfigError(f"no password for broker accounts {missing}")
     return {
         "vhosts": [{"name": vhost}],
+        "exchanges": [
+            {"vhost": vhost, **exchange} for exchange in shared_exchanges(topology)
+        ],
         "users": [
             {
                 "name": g.user,
@@ -247,10 +270,18 @@ class Management:
         self._client.close()
 
     def apply(
-        self, vhost: str, grants: Iterable[AccountGrant], passwords: Mapping[str, str]
+        self,
+        vhost: str,
+        topology: Topology,
+        grants: Iterable[AccountGrant],
+        passwords: Mapping[str, str],
     ) -> None:
-        """Create or update the vhost and each account so that it matches `grants`."""
+        """Create or update the vhost, its shared exchanges and each account so
+        that it matches `grants`."""
         self.put(f"/api/vhosts/{_q(vhost)}", {})
+        for exchange in shared_exchanges(topology):
+            body = {k: v for k, v in exchange.items() if k != "name"}
+            self.put(f"/api/exchanges/{_q(vhost)}/{_q(exchange['name'])}", body)
         for grant in grants:
             password = passwords.get(grant.user)
             if not password:
@@ -325,6 +356,14 @@ class Management:
 
 def _types(declaration: ServiceDeclaration, route: Route) -> set[str]:
     return {spec.message_type for spec in declaration.handlers if spec.route is route}
+
+
+def _requesters(
+    declaration: ServiceDeclaration, declared: Iterable[ServiceDeclaration]
+) -> list[str]:
+    """The services that send `declaration` a request it answers."""
+    answered = _types(declaration, Route.COMMAND)
+    return [d.name for d in declared if answered & set(d.requests)]
 
 
 def _exactly(names: Iterable[str], patterns: Iterable[str] = ()) -> str:

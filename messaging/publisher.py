@@ -90,16 +90,24 @@ class Publisher:
     ) -> str:
         """Publish and wait for the broker's confirm; returns the message id."""
         message_id = message_id or new_message_id()
+        correlation_id = correlation_id or message_id
         payload = body if isinstance(body, bytes) else body.model_dump_json().encode()
         if self.signer is not None:
             destination = Destination(exchange, routing_key, message_type)
-            signed = self.signer.sign(destination, message_id, payload, principal)
+            signed = self.signer.sign(
+                destination,
+                message_id,
+                payload,
+                principal,
+                correlation_id=correlation_id,
+                reply_to=reply_to or "",
+            )
             headers = {**headers, **signed} if headers else signed
 
         properties = OutgoingProperties(
             table=self._templates.table(principal, headers),
             message_id=message_id,
-            correlation_id=correlation_id or message_id,
+            correlation_id=correlation_id,
             message_type=message_type,
             user_id=self._link.user,
             timestamp=int(time.time()),

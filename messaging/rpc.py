@@ -1,11 +1,11 @@
 """Request and reply over the broker, for the edge and for service-to-service calls.
 
-A requester owns one exclusive, auto-deleted reply queue bound to the replies
-exchange under its own name. A request is a command with ``reply_to`` set to that
-name; the handler's return value comes back with ``correlation_id`` equal to the
-request's message id. A reply is matched to the one pending request with that id:
-a reply nobody waits for (late, or forged) is dropped, never handed to another
-caller.
+A requester owns one exclusive, auto-deleted reply queue bound under its own name
+to its service's reply exchange, which no other service may read. A request is a
+command with ``reply_to`` set to that name; the handler's return value comes back
+through that exchange with ``correlation_id`` equal to the request's message id.
+A reply is matched to the one pending request with that id: a reply nobody waits
+for (late, or forged) is dropped, never handed to another caller.
 
 Every step is bounded in time. Setting up the reply queue (which a link's
 ``on_connect`` hook can do ahead of the first request, see :meth:`open`) takes
@@ -178,9 +178,9 @@ class Requester:
     async def _declare(self, connection: AbstractConnection) -> AbstractQueue:
         try:
             channel = await connection.channel(publisher_confirms=False)
-            name = self._topology.reply_queue(self._owner, uuid.uuid4().hex[:12])
-            queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
-            await queue.bind(self._topology.replies, routing_key=name)
+            queue = await self._topology.declare_reply_queue(
+                channel, self._owner, uuid.uuid4().hex[:12]
+            )
             await queue.consume(self._on_reply, no_ack=True)
         except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"cannot set up the reply queue: {exc}") from exc

@@ -1,10 +1,12 @@
 """The startup self-check: a service refuses to run with more power than it declared.
 
-Before consuming, a service compares what its broker account may actually do
-(read through the management API) with the grant its declarations produce
-(messaging/provision.py), and checks that its trust settings make sense. It
+Before consuming, a service compares what the broker account it logs in with
+(the user of its AMQP URL) may actually do, read through the management API, with
+the grant its declarations produce (messaging/provision.py), and checks that its
+trust settings make sense. The edge, the workers and the scheduler all run it. It
 refuses to start, saying why, when:
 
+- it logs in with another account than its own (``guest``, another service's);
 - the account has permissions in another vhost, or different regexes than the plan;
 - a topic exchange's routing-key rights differ from the plan, or are missing
   (no topic entry means any routing key);
@@ -27,11 +29,13 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from messaging.connection import broker_user
 from messaging.declaration import ServiceDeclaration
 from messaging.errors import TrustConfigError
 from messaging.provision import NOTHING, AccountGrant, Management, grant_for
 from messaging.settings import BrokerSettings
 from messaging.signing import Signer
+from messaging.topology import Topology
 from messaging.trust import Accounts, TrustPolicy, build_trust
 
 logger = logging.getLogger(__name__)
@@ -72,17 +76,23 @@ def verify_startup(
         return policy, signer
 
     accounts = Accounts(settings.account_prefix)
-    expected = grant_for(settings.topology(), own, accounts)
+    expected = grant_for(settings.topology(), own, accounts, declared=declared)
+    # The account the process really logs in with, not the one it should.
+    login = broker_user(settings.amqp_url)
+    problems = []
+    if login != expected.user:
+        problems.append(
+            f"{service} logs in as {login!r}, but its broker account is "
+            f"{expected.user!r}"
+        )
     try:
         with Management(settings.management_url.get_secret_value()) as management:
-            actual = read_grant(
-                management, vhost or _vhost(settings), expected.user, service
-            )
+            actual = read_grant(management, vhost or _vhost(settings), login, service)
     except TrustConfigError as exc:
         raise UnsafeToStart(
-            service, [f"cannot read the rights of {expected.user}: {exc}"]
+            service, [*problems, f"cannot read the rights of {login}: {exc}"]
         ) from exc
-    problems = check_grants(actual, expected)
+    problems += check_grants(actual, replace(expected, user=login))
     if problems:
         raise UnsafeToStart(service, problems)
     logger.info(
@@ -150,6 +160,29 @@ def check_grants(actual: AccountGrant, expected: AccountGrant) -> list[str]:
     for exchange, rights in sorted(actual.topics.items()):
         if exchange not in expected.topics and rights != (NOTHING, NOTHING):
             problems.append(f"{who} has topic rights {rights} on {exchange}")
+    return problems
+
+
+def check_exchanges(
+    management: Management, vhost: str, topology: Topology
+) -> list[str]:
+    """Every shared exchange that is missing or of another type than planned.
+
+    Services only check them passively, so a missing one keeps them from
+    starting until the deployment is provisioned again.
+    """
+    problems = []
+    for name, kind in topology.exchanges().items():
+        try:
+            found = management.get(f"/api/exchanges/{_q(vhost)}/{_q(name)}")
+        except TrustConfigError:
+            problems.append(f"shared exchange {name} is missing: run baton provision")
+            continue
+        if found.get("type") != kind.value:
+            problems.append(
+                f"shared exchange {name} is of type {found.get('type')!r}, "
+                f"not {kind.value!r}"
+            )
     return problems
 
 

@@ -4,29 +4,31 @@ A broker account proves which connection published a message, but not that the
 identity headers are the ones that service wrote for this body on this route. The
 publishing service therefore signs an *assertion* (Ed25519) that binds together:
 
-    the message id, a SHA-256 of the exact body bytes, the exchange, the routing key,
-    the message type, a digest of the identity headers, the issue time and an expiry.
+    the message id, the correlation id and reply_to, a SHA-256 of the exact body
+    bytes, the exchange, the routing key, the message type, a digest of the
+    identity headers, the issue time and an expiry.
 
 A consumer verifies it with the publisher's public key (a key ring: key id ->
-service and key) before it trusts anything else. Replaying the same message id
-within its expiry is caught by a cache of seen ids; after expiry the assertion is
-refused outright. Moving a valid assertion onto another body or route breaks the
-body hash or the route it names.
+service and key) before it trusts anything else. Replaying a delivery within its
+expiry is caught by a cache of the deliveries admitted and settled, by publisher,
+message id and attempt; after expiry the assertion is refused outright. Moving a
+valid assertion onto another body or route, or pointing its reply elsewhere,
+breaks the body hash or the property it names.
 
 A second assertion, the *origin*, says who the work is for. Only an entry point
 (a declaration with ``introduces_users``) may sign one for a user; a service may
-sign one only for itself. Every hop copies the origin it received, unchanged, and
-the consumer checks that its subject, kind, roles and tenant equal the principal in
-the headers: a worker can pass a user on, but cannot mint one.
+sign one only for itself, with no role it did not declare. Every hop copies the
+origin it received, unchanged, and the consumer checks that its subject, kind,
+roles and tenant equal the principal in the headers: a worker can pass a user on,
+but cannot mint one.
 
-The wire form of both is ``base64url(JSON claims) "." base64url(signature)``.
+The wire form of both is ``base64url(JSON claims) "." base64url(signature)``
+(messaging/assertion.py); the replay cache is messaging/replay.py.
 """
 
 from __future__ import annotations
 
-import binascii
 import contextlib
-import hashlib
 import json
 import time
 from collections import OrderedDict
@@ -35,20 +37,23 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
-
 from messaging import headers as h
+from messaging.assertion import ASSERTION_VERSION, seal, sha256_hex, unseal
 from messaging.errors import (
     InvalidSignature,
     ReplayedMessage,
     UnprovenPrincipal,
 )
 from messaging.identity import Principal, PrincipalKind, encode_principal
-from messaging.keyring import KeyRing, RingKey, SigningKey, b64, unb64
+from messaging.keyring import KeyRing, KeyRingFile, RingKey, SigningKey
+from messaging.replay import Copy, ReplayKey, SeenMessages
 
 __all__ = [
+    "ASSERTION_VERSION",
     "Destination",
+    "Envelope",
     "KeyRing",
+    "KeyRingFile",
     "OriginAssertion",
     "RingKey",
     "SeenMessages",
@@ -61,8 +66,6 @@ __all__ = [
     "identity_digest",
 ]
 
-ASSERTION_VERSION: Final = 1
-MAX_TOKEN_CHARS: Final = 4096
 # Clocks of two hosts disagree a little; an assertion issued this far in the
 # future is still accepted.
 CLOCK_SKEW: Final = 30.0
@@ -104,6 +107,28 @@ class Destination:
     message_type: str
 
 
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A delivery as the verifier sees it: what its signature must bind, and how
+    it came (the publisher and attempt are established by the trust policy)."""
+
+    publisher: str
+    route: Destination
+    message_id: str
+    correlation_id: str
+    reply_to: str
+    body: bytes
+    attempt: int = 0
+    redelivered: bool = False
+    # Which copy the broker handed over (consumer tag, delivery tag): only the
+    # copy that was admitted settles its key.
+    copy: Copy = ("", 0)
+
+    @property
+    def replay_key(self) -> ReplayKey:
+        return (self.publisher, self.message_id, self.attempt)
+
+
 _carried: ContextVar[OriginAssertion | None] = ContextVar(
     "baton_carried_origin", default=None
 )
@@ -136,12 +161,15 @@ class Signer:
         key: SigningKey,
         *,
         introduces_users: bool,
+        roles: frozenset[str] = frozenset(),
         ttl: float = 300.0,
         origin_ttl: float = 3600.0,
         clock: Clock = time.time,
     ) -> None:
         self.key = key
         self.introduces_users = introduces_users
+        # The roles this service declared for acting as itself.
+        self.roles = roles
         self._ttl = ttl
         self._origin_ttl = origin_ttl
         self._clock = clock
@@ -160,15 +188,24 @@ class Signer:
         message_id: str,
         body: bytes,
         principal: Principal | None,
+        *,
+        correlation_id: str = "",
+        reply_to: str = "",
     ) -> dict[str, str]:
-        """The signature headers for one message (and its origin, given a principal)."""
+        """The signature headers for one message (and its origin, given a principal).
+
+        `correlation_id` and `reply_to` are the AMQP properties the message is
+        published with ('' when it has none).
+        """
         now = self._clock()
         signed: dict[str, str] = {}
         claims: dict[str, Any] = {
             "v": ASSERTION_VERSION,
             "iss": self.service,
             "mid": message_id,
-            "body": _sha256(body),
+            "cid": correlation_id,
+            "rt": reply_to,
+            "body": sha256_hex(body),
             "ex": route.exchange,
             "rk": route.routing_key,
             "type": route.message_type,
@@ -176,7 +213,7 @@ class Signer:
             "iat": now,
             "exp": now + self._ttl,
         }
-        signed[h.SIGNATURE] = _seal(claims, self.key)
+        signed[h.SIGNATURE] = seal(claims, self.key)
         if principal is not None:
             signed[h.ORIGIN_ASSERTION] = self._origin_for(principal, now)
         return signed
@@ -189,6 +226,12 @@ class Signer:
             principal.kind is PrincipalKind.SERVICE
             and principal.subject == self.service
         ):
+            undeclared = principal.roles - self.roles
+            if undeclared:
+                raise UnprovenPrincipal(
+                    f"{self.service} may not act as itself with roles "
+                    f"{sorted(undeclared)}: it declares {sorted(self.roles)}"
+                )
             return self._mint_origin(principal, now)
         if principal.kind is PrincipalKind.USER and self.introduces_users:
             return self._mint_origin(principal, now)
@@ -219,39 +262,7 @@ class Signer:
             "iat": now,
             "exp": now + self._origin_ttl,
         }
-        return _seal(claims, self.key)
-
-
-class SeenMessages:
-    """Message ids already admitted, kept until their assertion expires."""
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self._expiry: OrderedDict[str, float] = OrderedDict()
-        self._capacity = capacity
-
-    def __len__(self) -> int:
-        return len(self._expiry)
-
-    def admit(self, message_id: str, expires_at: float, now: float) -> bool:
-        """Record `message_id`; False when it was already seen and not yet expired."""
-        self._forget_expired(now)
-        seen = self._expiry.get(message_id)
-        if seen is not None and seen >= now:
-            return False
-        self._expiry[message_id] = expires_at
-        self._expiry.move_to_end(message_id)
-        while len(self._expiry) > self._capacity:
-            # TODO(until a shared store backs this cache): under a flood the
-            # oldest ids are forgotten early and could be replayed once.
-            self._expiry.popitem(last=False)
-        return True
-
-    def _forget_expired(self, now: float) -> None:
-        while self._expiry:
-            message_id, expires_at = next(iter(self._expiry.items()))
-            if expires_at >= now:
-                return
-            del self._expiry[message_id]
+        return seal(claims, self.key)
 
 
 class Verifier:
@@ -259,14 +270,17 @@ class Verifier:
 
     def __init__(
         self,
-        ring: KeyRing,
+        ring: KeyRing | KeyRingFile,
         *,
         introducers: frozenset[str],
+        service_roles: Mapping[str, frozenset[str]] | None = None,
         seen: SeenMessages | None = None,
         clock: Clock = time.time,
     ) -> None:
         self.ring = ring
         self.introducers = introducers
+        # A service vouching for itself may name only the roles it declared.
+        self.service_roles = service_roles or {}
         self._seen = seen or SeenMessages()
         self._clock = clock
         # Every hop of a piece of work carries the same origin assertion: its
@@ -274,36 +288,40 @@ class Verifier:
         self._origins: OrderedDict[str, tuple[dict[str, Any], RingKey]] = OrderedDict()
 
     def verify(
-        self,
-        headers: Mapping[str, Any],
-        *,
-        publisher: str,
-        route: Destination,
-        message_id: str,
-        body: bytes,
-        principal: Principal,
-        first_delivery: bool,
+        self, headers: Mapping[str, Any], envelope: Envelope, principal: Principal
     ) -> OriginAssertion:
-        """Check the message's signature and origin; returns the verified origin.
-
-        `first_delivery` is False for our own retries and for the broker's
-        redeliveries: the same message id is then expected again.
-        """
+        """Check the message's signature and origin; returns the verified origin."""
         now = self._clock()
-        claims = self._open(headers.get(h.SIGNATURE), h.SIGNATURE, publisher, now)
-        _expect(claims, "mid", message_id, "another message id")
-        _expect(claims, "body", _sha256(body), "another body")
+        route = envelope.route
+        claims = self._open(
+            headers.get(h.SIGNATURE), h.SIGNATURE, envelope.publisher, now
+        )
+        _expect(claims, "mid", envelope.message_id, "another message id")
+        _expect(claims, "cid", envelope.correlation_id, "another correlation id")
+        _expect(claims, "rt", envelope.reply_to, "another reply_to")
+        _expect(claims, "body", sha256_hex(envelope.body), "another body")
         _expect(claims, "ex", route.exchange, "another exchange")
         _expect(claims, "rk", route.routing_key, "another routing key")
         _expect(claims, "type", route.message_type, "another message type")
         _expect(claims, "idh", identity_digest(principal), "other identity headers")
 
         origin = self._origin(headers.get(h.ORIGIN_ASSERTION), principal, now)
-        if first_delivery and not self._seen.admit(message_id, claims["exp"], now):
+        if not self._seen.admit(
+            envelope.replay_key,
+            claims["exp"],
+            now,
+            redelivered=envelope.redelivered,
+            copy=envelope.copy,
+        ):
             raise ReplayedMessage(
-                f"message {message_id} was already admitted and is not a redelivery"
+                f"message {envelope.message_id} from {envelope.publisher} (attempt "
+                f"{envelope.attempt}) was already admitted here"
             )
         return origin
+
+    def settled(self, key: ReplayKey, copy: Copy = ("", 0)) -> None:
+        """The consumer settled this copy of a delivery: the same again is a replay."""
+        self._seen.settle(key, copy)
 
     def _origin(
         self, token: object, principal: Principal, now: float
@@ -325,6 +343,8 @@ class Verifier:
         else:
             raise InvalidSignature(f"{h.ORIGIN_ASSERTION}: unknown kind {kind!r}")
         origin = _origin_from(claims, token)
+        if origin.kind is PrincipalKind.SERVICE:
+            self._check_own_roles(origin)
         if not origin.vouches_for(principal):
             raise UnprovenPrincipal(
                 f"the headers act for {principal.kind.value} {principal.subject!r} "
@@ -333,6 +353,15 @@ class Verifier:
                 f"{sorted(origin.roles)}"
             )
         return origin
+
+    def _check_own_roles(self, origin: OriginAssertion) -> None:
+        declared = self.service_roles.get(origin.issuer, frozenset())
+        undeclared = origin.roles - declared
+        if undeclared:
+            raise UnprovenPrincipal(
+                f"{origin.issuer} vouched for itself with roles "
+                f"{sorted(undeclared)}, but declares only {sorted(declared)}"
+            )
 
     def _open(
         self, token: object, header: str, publisher: str | None, now: float
@@ -359,14 +388,21 @@ class Verifier:
             )
         return claims
 
+    def keys(self) -> KeyRing:
+        """The ring in use now: a ring file is followed as it changes."""
+        ring = self.ring
+        return ring.current() if isinstance(ring, KeyRingFile) else ring
+
     def _unseal(self, token: object, header: str) -> tuple[dict[str, Any], RingKey]:
+        ring = self.keys()
         if header != h.ORIGIN_ASSERTION or type(token) is not str:
-            return _unseal(token, header, self.ring)
+            return unseal(token, header, ring)
+        # A cached origin stands only while its key is the one in the ring now.
         cached = self._origins.get(token)
-        if cached is not None and self.ring.get(cached[1].kid) is cached[1]:
+        if cached is not None and ring.get(cached[1].kid) is cached[1]:
             self._origins.move_to_end(token)
             return cached
-        opened = _unseal(token, header, self.ring)
+        opened = unseal(token, header, ring)
         self._origins[token] = opened
         if len(self._origins) > ORIGIN_CACHE_SIZE:
             self._origins.popitem(last=False)
@@ -384,82 +420,7 @@ def identity_digest(principal: Principal | None) -> str:
     canonical = json.dumps(
         encode_principal(principal), sort_keys=True, separators=(",", ":")
     )
-    return _sha256(canonical.encode())
-
-
-def _seal(claims: Mapping[str, Any], key: SigningKey) -> str:
-    payload = b64(
-        json.dumps({**claims, "kid": key.kid}, separators=(",", ":")).encode()
-    )
-    signature = key.private.sign(payload.encode("ascii"))
-    return f"{payload}.{b64(signature)}"
-
-
-# The claims an assertion must carry, and the JSON type of each.
-_NUMBER = (int, float)
-_COMMON_CLAIMS: Final[dict[str, tuple[type, ...]]] = {
-    "v": (int,),
-    "kid": (str,),
-    "iss": (str,),
-    "iat": _NUMBER,
-    "exp": _NUMBER,
-}
-_MESSAGE_CLAIMS: Final = {
-    **_COMMON_CLAIMS,
-    **{name: (str,) for name in ("mid", "body", "ex", "rk", "type", "idh")},
-}
-_ORIGIN_CLAIMS: Final[dict[str, tuple[type, ...]]] = {
-    **_COMMON_CLAIMS,
-    "sub": (str,),
-    "kind": (str,),
-    "roles": (list,),
-    "tenant": (str, type(None)),
-}
-
-
-def _unseal(
-    token: object, header: str, ring: KeyRing
-) -> tuple[dict[str, Any], RingKey]:
-    if token is None:
-        raise InvalidSignature(f"{header}: missing")
-    if type(token) is not str:
-        raise InvalidSignature(
-            f"{header}: must be a string, got {type(token).__name__}"
-        )
-    if len(token) > MAX_TOKEN_CHARS:
-        raise InvalidSignature(f"{header}: longer than {MAX_TOKEN_CHARS} characters")
-    payload, dot, signature = token.partition(".")
-    if not dot:
-        raise InvalidSignature(f"{header}: not of the form claims.signature")
-    try:
-        claims = json.loads(unb64(payload), parse_constant=_no_constants)
-        raw_signature = unb64(signature)
-    except (ValueError, binascii.Error, RecursionError) as exc:
-        raise InvalidSignature(f"{header}: cannot be decoded: {exc}") from None
-    if not isinstance(claims, dict):
-        raise InvalidSignature(f"{header}: claims must be a JSON object")
-    _check_shape(claims, header)
-
-    key = ring.get(claims["kid"])
-    if key is None:
-        raise InvalidSignature(f"{header}: unknown key id {claims['kid']!r}")
-    try:
-        key.key.verify(raw_signature, payload.encode("ascii"))
-    except _CryptoInvalidSignature:
-        raise InvalidSignature(f"{header}: signature does not verify") from None
-    return claims, key
-
-
-def _check_shape(claims: dict[str, Any], header: str) -> None:
-    shape = _ORIGIN_CLAIMS if header == h.ORIGIN_ASSERTION else _MESSAGE_CLAIMS
-    if set(claims) != set(shape):
-        raise InvalidSignature(f"{header}: claims must be exactly {sorted(shape)}")
-    for name, types in shape.items():
-        value = claims[name]
-        if not isinstance(value, types) or isinstance(value, bool):
-            raise InvalidSignature(f"{header}: claim {name!r} has the wrong type")
-    if claims["v"] != ASSERTION_VERSION:
-        raise InvalidSignature(f"{header}: version {claims['v']} is not supported")
+    return sha256_hex(canonical.encode())
 
 
 def _origin_from(claims: dict[str, Any], token: object) -> OriginAssertion:
@@ -480,11 +441,3 @@ def _origin_from(claims: dict[str, Any], token: object) -> OriginAssertion:
 def _expect(claims: Mapping[str, Any], name: str, actual: str, what: str) -> None:
     if claims[name] != actual:
         raise InvalidSignature(f"{h.SIGNATURE}: signed for {what} ({name})")
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a number an assertion may carry")
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

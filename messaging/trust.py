@@ -7,13 +7,16 @@ a :class:`TrustPolicy` therefore refuses, into quarantine:
 
 - a message without ``user_id``, or from an account that is no declared service;
 - a message type from a service that did not declare publishing it;
+- a ``baton-attempt`` on a message that did not come back through the service's
+  own retry path (it would let a first publish skip the handler's retries);
 - when signatures are required, anything :class:`~messaging.signing.Verifier`
   refuses: a missing, forged, expired, replayed or moved assertion, or a principal
   no introducer vouched for.
 
-Our own retries come back through the ``redeliver`` exchange published by our own
-account; only then is the ``baton-original-publisher`` header believed, because no
-other account can get a message into that path under our name.
+Our own retries come back through our own ``redeliver`` exchange, published by our
+own account; only then is the ``baton-original-publisher`` header believed: the
+broker lets no other account write to that exchange, and the consumer checks the
+account as well.
 """
 
 from __future__ import annotations
@@ -26,15 +29,31 @@ from typing import Any
 from messaging import headers as h
 from messaging.declaration import ServiceDeclaration, senders_of
 from messaging.delivery import Delivery
-from messaging.errors import TrustConfigError, UntrustedPublisher
+from messaging.errors import (
+    InvalidSignature,
+    MessageRejected,
+    ReplayedMessage,
+    TrustConfigError,
+    UnprovenPrincipal,
+    UntrustedPublisher,
+)
 from messaging.handlers import HandlerSpec
 from messaging.identity import SERVICE_PATTERN, Principal
-from messaging.keyring import KeyRing, SigningKey
+from messaging.keyring import KeyRingFile, SigningKey
 from messaging.settings import BrokerSettings
-from messaging.signing import Destination, OriginAssertion, Signer, Verifier
+from messaging.signing import Destination, Envelope, OriginAssertion, Signer, Verifier
 from messaging.topology import Route, Topology
 
 logger = logging.getLogger(__name__)
+
+# Refusals after which nothing the message names is believed, its reply_to
+# included: the consumer sends no error reply to it.
+TRUST_REFUSALS: tuple[type[MessageRejected], ...] = (
+    UntrustedPublisher,
+    InvalidSignature,
+    ReplayedMessage,
+    UnprovenPrincipal,
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,8 @@ class TrustMap:
     senders: Mapping[tuple[Route, str], frozenset[str]]
     services: frozenset[str]
     introducers: frozenset[str]
+    # The roles each service declared for acting as itself.
+    service_roles: Mapping[str, frozenset[str]]
 
     @classmethod
     def from_declarations(cls, declarations: Iterable[ServiceDeclaration]) -> TrustMap:
@@ -76,6 +97,7 @@ class TrustMap:
             senders=senders,
             services=frozenset(d.name for d in declared),
             introducers=frozenset(d.name for d in declared if d.introduces_users),
+            service_roles={d.name: d.roles for d in declared},
         )
 
     def allows(self, service: str, route: Route, message_type: str) -> bool:
@@ -84,11 +106,11 @@ class TrustMap:
 
 @dataclass(frozen=True, slots=True)
 class Provenance:
-    """Who published a delivery, where, and whether it is a first delivery."""
+    """Who published a delivery, where, and whether it is one of our own retries."""
 
     publisher: str
     destination: Destination
-    first_delivery: bool
+    retried: bool
 
 
 class TrustPolicy:
@@ -124,49 +146,97 @@ class TrustPolicy:
                 f"{provenance.publisher} is not declared to publish "
                 f"{spec.route.value} {spec.message_type}"
             )
+        attempt = _attempt_of(message)
+        if attempt and not provenance.retried:
+            raise UntrustedPublisher(
+                f"{h.ATTEMPT} {attempt!r} from {provenance.publisher}: only "
+                f"{self.service}'s own retry path sets it"
+            )
         if self.verifier is None:
             return None
-        return self.verifier.verify(
-            message.headers or {},
+        envelope = Envelope(
             publisher=provenance.publisher,
             route=provenance.destination,
             message_id=message.message_id or "",
+            correlation_id=message.correlation_id or "",
+            reply_to=message.reply_to or "",
             body=message.body,
-            principal=principal,
-            first_delivery=provenance.first_delivery,
+            attempt=attempt if type(attempt) is int else 0,
+            redelivered=message.redelivered,
+            copy=_copy_of(message),
         )
+        return self.verifier.verify(message.headers, envelope, principal)
+
+    def sender(self, message: Delivery) -> str:
+        """The service that published an admitted message (the first publisher,
+        for our own retries)."""
+        return self._publisher(message)[0]
+
+    def settled(self, message: Delivery) -> None:
+        """The consumer acked `message`: the same delivery again is a replay."""
+        if self.verifier is None:
+            return
+        try:
+            publisher, _retried = self._publisher(message)
+        except UntrustedPublisher:
+            return  # refused before the verifier saw it: nothing was admitted
+        attempt = _attempt_of(message)
+        key = (
+            publisher,
+            message.message_id or "",
+            attempt if type(attempt) is int else 0,
+        )
+        self.verifier.settled(key, _copy_of(message))
 
     def provenance(self, message: Delivery, spec: HandlerSpec[Any]) -> Provenance:
+        publisher, retried = self._publisher(message)
+        if not retried:
+            destination = Destination(
+                message.exchange, message.routing_key, message.type or ""
+            )
+            return Provenance(publisher, destination, retried=False)
+        # Signed for the route it was first published to, before our retry.
+        destination = Destination(
+            self.topology.exchange_for(spec.route),
+            spec.message_type,
+            message.type or "",
+        )
+        return Provenance(publisher, destination, retried=True)
+
+    def _publisher(self, message: Delivery) -> tuple[str, bool]:
+        """The service that published `message`, and whether it is our own retry."""
         account = message.user_id
         if not account:
             raise UntrustedPublisher("the message has no user_id")
         publisher = self._service_of(account)
-        if message.exchange != self.topology.redeliver:
-            destination = Destination(
-                message.exchange or "", message.routing_key or "", message.type or ""
-            )
-            return Provenance(publisher, destination, not message.redelivered)
+        if message.exchange != self.topology.redeliver_exchange(self.service):
+            return publisher, False
 
         # Our own retry, back from its retry queue: only our account puts it there.
         if publisher != self.service:
             raise UntrustedPublisher(
                 f"{publisher} put a message into {self.service}'s retry path"
             )
-        original = (message.headers or {}).get(h.ORIGINAL_PUBLISHER, account)
+        original = message.headers.get(h.ORIGINAL_PUBLISHER, account)
         if type(original) is not str:
             raise UntrustedPublisher(f"{h.ORIGINAL_PUBLISHER} must be a string")
-        destination = Destination(
-            self.topology.exchange_for(spec.route),
-            spec.message_type,
-            message.type or "",
-        )
-        return Provenance(self._service_of(original), destination, False)
+        return self._service_of(original), True
 
     def _service_of(self, account: str) -> str:
         service = self.accounts.service(account)
         if service is None or service not in self.trust_map.services:
             raise UntrustedPublisher(f"account {account!r} is no declared service")
         return service
+
+
+def _copy_of(message: Delivery) -> tuple[str, int]:
+    """Which copy of a message this is: unique per delivery on a consumer."""
+    return (message.frame.consumer_tag or "", message.delivery_tag)
+
+
+def _attempt_of(message: Delivery) -> object:
+    """The attempt header as sent (0 when absent); the consumer checks its type."""
+    return message.headers.get(h.ATTEMPT, 0)
 
 
 def build_trust(
@@ -201,6 +271,7 @@ def build_trust(
         signer = Signer(
             key,
             introduces_users=own is not None and own.introduces_users,
+            roles=own.roles if own is not None else frozenset(),
             ttl=settings.signature_ttl,
             origin_ttl=settings.origin_ttl,
         )
@@ -226,10 +297,15 @@ def build_trust(
 def _verifier(settings: BrokerSettings, trust_map: TrustMap) -> Verifier:
     if settings.keyring_file is None:
         raise TrustConfigError("require_signatures is on but there is no key ring")
-    ring = KeyRing.load(settings.keyring_file)
-    unknown = {key.service for key in ring} - trust_map.services
+    ring = KeyRingFile.open(settings.keyring_file)
+    keys = ring.current()
+    unknown = {key.service for key in keys} - trust_map.services
     if unknown:
         logger.warning("the key ring holds keys of undeclared services: %s", unknown)
-    if not len(ring):
+    if not len(keys):
         raise TrustConfigError("require_signatures is on but the key ring is empty")
-    return Verifier(ring, introducers=trust_map.introducers)
+    return Verifier(
+        ring,
+        introducers=trust_map.introducers,
+        service_roles=trust_map.service_roles,
+    )

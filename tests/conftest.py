@@ -211,6 +211,8 @@ class Broker:
             for service in self.services:
                 for name in self.topology.service_queues(service):
                     await channel.queue_delete(name)
+                for name in self.topology.service_exchanges(service):
+                    await channel.exchange_delete(name)
             for name in self.extra_queues:
                 await channel.queue_delete(name)
             for name in self.topology.exchanges():

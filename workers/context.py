@@ -143,14 +143,18 @@ class ServiceContext(Context):
         """A transaction in which this delivery's side effect happens at most once.
 
         Entering it raises :class:`~workers.errors.AlreadyHandled` for a message
-        id the inbox has seen; the service runtime acks such a duplicate.
+        id the inbox has seen from the same publisher (when publishers are
+        checked); the service runtime acks such a duplicate.
         """
         if not self.message_id:
             raise SchemaError(
                 f"{self.message_type} has no message id, so it cannot be handled "
                 "exactly once"
             )
-        return inbox.once(self.service, self.message_id)
+        # A publisher picks its message ids (the scheduler's are predictable):
+        # keyed by publisher too, one cannot use up another's.
+        key = f"{self.sent_by}/{self.message_id}" if self.sent_by else self.message_id
+        return inbox.once(self.service, key)
 
     def passed_on(self, origin: Origin) -> Principal:
         """The principal this service passes on: the one it received, one hop longer.

@@ -3,9 +3,10 @@
 At-least-once delivery means a handler can see the same message twice: after a
 redelivery, a retry, or because two scheduler replicas fired the same tick under
 the same message id. An idempotent handler writes its side effect and the record
-"this consumer handled this message id" in one transaction. A second delivery
-finds the record and is skipped; a crash before the commit leaves neither, so the
-redelivery does the work.
+"this consumer handled this message id" in one transaction (the id is prefixed
+with its publisher when publishers are checked: see ``ServiceContext.once``). A
+second delivery finds the record and is skipped; a crash before the commit leaves
+neither, so the redelivery does the work.
 
 :class:`Inbox` is the interface a server database could implement later;
 :class:`SqliteStore` is the default, one SQLite file per service that holds the

@@ -166,8 +166,10 @@ class Scheduler:
         self._sources.append(source)
 
     def as_itself(self, roles: Iterable[str]) -> Principal:
-        """The scheduler's own service principal, with the roles it declares."""
-        return Principal.service(self.name, roles, origin=Origin.SCHEDULE)
+        """The scheduler's own service principal; its roles become declared ones."""
+        principal = Principal.service(self.name, roles, origin=Origin.SCHEDULE)
+        self.service.acts_with(principal.roles)
+        return principal
 
     def for_user(
         self, subject: str, roles: Iterable[str], tenant: str | None = None

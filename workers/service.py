@@ -67,6 +67,7 @@ class Service:
         self._handlers: dict[str, Handler] = {}
         self._emits: set[Emit] = set()
         self._requests: set[str] = set()
+        self._roles: set[str] = set()
         self._declaration: ServiceDeclaration | None = None
 
     def handles(
@@ -108,6 +109,15 @@ class Service:
             self._requests.add(contract.name)
         self._declaration = None
 
+    def acts_with(self, roles: Iterable[str]) -> None:
+        """Declare roles this service holds when it acts as itself.
+
+        Consumers refuse a service principal of this service with any other
+        role, and so does its own signer.
+        """
+        self._roles.update(roles)
+        self._declaration = None
+
     @property
     def handlers(self) -> tuple[Handler, ...]:
         return tuple(self._handlers.values())
@@ -121,6 +131,7 @@ class Service:
                 emits=frozenset(self._emits),
                 requests=frozenset(self._requests),
                 introduces_users=self.introduces_users,
+                roles=frozenset(self._roles),
             )
         return self._declaration
 

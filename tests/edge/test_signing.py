@@ -12,7 +12,7 @@ from messaging import headers as h
 from messaging.errors import TrustConfigError
 from messaging.identity import decode_principal
 from messaging.settings import BrokerSettings
-from messaging.signing import Destination, KeyRing, SigningKey, Verifier
+from messaging.signing import Destination, Envelope, KeyRing, SigningKey, Verifier
 from tests.edge.conftest import IdentityProvider, Spy, bearer, run_edge
 
 GOAL = {"goal": "run a marathon", "horizon_days": 90}
@@ -42,15 +42,15 @@ async def test_a_command_from_a_signing_edge_verifies_as_introduced_by_the_edge(
     assert h.SIGNATURE in table and h.ORIGIN_ASSERTION in table
     verifier = Verifier(KeyRing([key.public()]), introducers=frozenset({"edge"}))
     principal = decode_principal(table)
-    verifier.verify(
-        table,
+    delivery = Envelope(
         publisher="edge",
         route=Destination(settings.topology().commands, "plan.create", "plan.create"),
         message_id=message.message_id or "",
+        correlation_id=message.correlation_id or "",
+        reply_to=message.reply_to or "",
         body=message.body,
-        principal=principal,
-        first_delivery=True,
     )
+    verifier.verify(table, delivery, principal)
     assert principal.subject == "alice"
 
 

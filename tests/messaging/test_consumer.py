@@ -8,6 +8,7 @@ import json
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aio_pika
 import pytest
 from pydantic import SecretStr
 
@@ -116,8 +117,14 @@ async def _tap_returns_from_retry(
     channel = await broker.connection.channel()
     try:
         await topology.declare_exchanges(channel)
+        # The service's own exchange, before its consumer declares it.
+        redeliver = await channel.declare_exchange(
+            topology.redeliver_exchange(service),
+            aio_pika.ExchangeType.DIRECT,
+            durable=True,
+        )
         tap = await channel.declare_queue(name, durable=True)
-        await tap.bind(topology.redeliver, routing_key=service)
+        await tap.bind(redeliver, routing_key=service)
     finally:
         await channel.close()
     return name
@@ -344,7 +351,7 @@ async def test_retry_counts_a_publisher_can_forge_decide_nothing(
                 "count": 99,
                 "reason": "expired",
                 "queue": topology.retry_queue(service, topology.retry_delays[-1]),
-                "exchange": topology.retry,
+                "exchange": topology.retry_exchange(service),
                 "routing-keys": [service],
             }
         ],
@@ -364,12 +371,20 @@ async def test_a_request_with_forged_identity_is_quarantined_without_an_answer(
     topology = settings.topology()
     service = service_name()
     await start_consumer(service, [spec(Calls().handler())])
-    answers = f"{topology.prefix}.answers.{service}"
+    # A reply queue of the deployment's naming, outliving the test's channel;
+    # its reply exchange goes with it (auto-delete).
+    answers = topology.reply_queue("tester", "0123456789ab")
     broker.extra_queues.add(answers)
     channel = await broker.connection.channel()
     try:
+        replies = await channel.declare_exchange(
+            topology.reply_exchange("tester"),
+            aio_pika.ExchangeType.DIRECT,
+            durable=True,
+            auto_delete=True,
+        )
         queue = await channel.declare_queue(answers, durable=True)
-        await queue.bind(topology.replies, routing_key=answers)
+        await queue.bind(replies, routing_key=answers)
     finally:
         await channel.close()
 

@@ -174,7 +174,7 @@ async def test_a_reply_with_a_foreign_correlation_id_is_dropped(
     [request] = await broker.drain(queue.name, expect=1)
     for correlation_id, text in (("forged-id", "FORGED"), (request.message_id, "REAL")):
         await broker.publish_raw(
-            broker.topology.replies,
+            broker.topology.reply_exchange_for(request.reply_to or "") or "",
             request.reply_to or "",
             Said(text=text, by="mallory").model_dump_json().encode(),
             correlation_id=correlation_id,

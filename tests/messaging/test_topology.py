@@ -72,7 +72,10 @@ async def test_every_queue_of_a_service_exists_on_the_broker(broker: Broker) -> 
         for name in broker.topology.service_queues(service):
             declared = await channel.declare_queue(name, passive=True)
             assert declared.declaration_result.message_count == 0
-        for name in broker.topology.exchanges():
+        for name in [
+            *broker.topology.exchanges(),
+            *broker.topology.service_exchanges(service),
+        ]:
             await channel.get_exchange(name, ensure=True)
     finally:
         await channel.close()
@@ -88,7 +91,7 @@ async def test_work_queue_is_quorum_with_the_configured_delivery_limit(
     declared: FieldTable = {
         "x-queue-type": "quorum",
         "x-delivery-limit": topology.delivery_limit,
-        "x-dead-letter-exchange": topology.quarantine,
+        "x-dead-letter-exchange": topology.quarantine_exchange(service),
         "x-dead-letter-routing-key": service,
     }
 
@@ -127,7 +130,9 @@ async def test_a_retry_queue_sends_the_message_back_after_its_delay(
     topology = broker.topology
     retry_queue = topology.retry_queue(service, topology.retry_delays[0])
 
-    message_id = await send(broker, exchange=topology.retry, routing_key=retry_queue)
+    message_id = await send(
+        broker, exchange=topology.retry_exchange(service), routing_key=retry_queue
+    )
 
     assert await wait_depth(broker, queue.name, 1) == 1
     assert await broker.depth(retry_queue) == 0
@@ -162,3 +167,40 @@ async def test_work_queue_gives_up_after_the_delivery_limit_into_quarantine(
     [parked] = await broker.drain(quarantine, expect=1)
     assert parked.message_id == message_id
     assert await broker.depth(queue.name) == 0
+
+
+def test_each_service_owns_its_retry_path_parking_and_reply_exchanges() -> None:
+    topology = Topology(prefix="acme")
+
+    assert list(topology.exchanges()) == ["acme.commands", "acme.events"]
+    assert list(topology.service_exchanges("core")) == [
+        "acme.core.retry",
+        "acme.core.redeliver",
+        "acme.core.dead",
+        "acme.core.quarantine",
+    ]
+    assert topology.reply_exchange("edge") == "acme.edge.replies"
+
+
+@pytest.mark.parametrize(
+    ("reply_to", "owner"),
+    [
+        ("acme.edge.replies.0123456789ab", "edge"),
+        ("acme.core-2.replies.0123456789ab", "core-2"),
+        ("other.edge.replies.0123456789ab", None),
+        ("acme.edge.replies.0123456789ab.x", None),
+        ("acme.edge.replies.", None),
+        ("acme.Edge.replies.0123456789ab", None),
+        ("acme.a.b.replies.0123456789ab", None),
+        ("acme.edge.dead", None),
+        ("", None),
+    ],
+)
+def test_a_reply_goes_to_the_exchange_of_the_service_named_in_reply_to(
+    reply_to: str, owner: str | None
+) -> None:
+    topology = Topology(prefix="acme")
+
+    assert topology.reply_owner(reply_to) == owner
+    expected = None if owner is None else f"acme.{owner}.replies"
+    assert topology.reply_exchange_for(reply_to) == expected

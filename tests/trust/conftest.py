@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,14 +31,60 @@ from messaging.consumer import Consumer
 from messaging.declaration import ServiceDeclaration
 from messaging.errors import TrustConfigError
 from messaging.handlers import Context
-from messaging.identity import Principal
+from messaging.identity import Principal, encode_principal
 from messaging.provision import Management
 from messaging.publisher import Publisher
 from messaging.selfcheck import verify_startup
 from messaging.settings import BrokerSettings
-from messaging.signing import KeyRing, SigningKey
+from messaging.signing import Destination, KeyRing, Signer, SigningKey
+from messaging.topology import Topology
 from messaging.trust import Accounts
-from tests.trust.services import Order, declarations
+from tests.trust.services import PLACE, Order, declarations
+
+BODY = json.dumps({"item": "book"}).encode()
+
+
+def alice(*roles: str) -> Principal:
+    return Principal.user("alice", roles or ("buyer",), entered_by="edge")
+
+
+def signed(
+    key: SigningKey,
+    principal: Principal,
+    destination: Destination,
+    message_id: str,
+    body: bytes = BODY,
+    *,
+    introduces_users: bool = True,
+    issued: float | None = None,
+    reply_to: str = "",
+) -> dict[str, Any]:
+    """Identity headers plus the signature `key` makes for them."""
+    clock = (lambda: issued) if issued is not None else time.time
+    # The signer is told whatever it needs: tests play hostile signers too.
+    signer = Signer(
+        key,
+        introduces_users=introduces_users,
+        roles=principal.roles,
+        ttl=60,
+        clock=clock,
+    )
+    headers: dict[str, Any] = dict(encode_principal(principal))
+    # publish_as sends the message id as the correlation id, as Baton does.
+    signature = signer.sign(
+        destination,
+        message_id,
+        body,
+        principal,
+        correlation_id=message_id,
+        reply_to=reply_to,
+    )
+    headers.update(signature)
+    return headers
+
+
+def to_core(deployment: Deployment, message_type: str = PLACE) -> Destination:
+    return Destination(f"{deployment.prefix}.commands", message_type, message_type)
 
 
 @dataclass
@@ -96,6 +144,10 @@ class Deployment:
 
     def ring(self) -> KeyRing:
         return KeyRing.load(self.keyring)
+
+    @property
+    def topology(self) -> Topology:
+        return self.settings("edge").topology()
 
     def settings(self, service: str, **overrides: Any) -> BrokerSettings:
         values: dict[str, Any] = {
@@ -162,22 +214,24 @@ class Deployment:
             await context.publish_event("order.placed", payload)
 
 
+def provision_args(deployment: Deployment, *options: str) -> list[str]:
+    """``baton provision`` over this deployment's declarations, vhost and names."""
+    return [
+        "provision",
+        *options,
+        "--declarations",
+        deployment.target,
+        "--vhost",
+        deployment.vhost,
+        "--prefix",
+        deployment.prefix,
+        "--account-prefix",
+        deployment.accounts.prefix,
+    ]
+
+
 def provision(deployment: Deployment, passwords_dir: Path) -> int:
-    return baton(
-        [
-            "provision",
-            "--declarations",
-            deployment.target,
-            "--vhost",
-            deployment.vhost,
-            "--prefix",
-            deployment.prefix,
-            "--account-prefix",
-            deployment.accounts.prefix,
-            "--passwords-dir",
-            str(passwords_dir),
-        ]
-    )
+    return baton(provision_args(deployment, "--passwords-dir", str(passwords_dir)))
 
 
 @pytest.fixture
@@ -298,6 +352,7 @@ async def publish_as(
     exchange: str | None = None,
     message_type: str | None = None,
     user_id: str | None = None,
+    reply_to: str | None = None,
 ) -> None:
     """Publish exactly these bytes and headers, logged in as `service`."""
     connection = await deployment.connect(service)
@@ -316,6 +371,7 @@ async def publish_as(
             correlation_id=message_id,
             type=message_type or routing_key,
             user_id=user_id if user_id is not None else deployment.accounts.of(service),
+            reply_to=reply_to,
         )
         await target.publish(message, routing_key)
     finally:
@@ -324,10 +380,18 @@ async def publish_as(
 
 
 async def parked(
-    deployment: Deployment, service: str, expect: int, *, kind: str = "quarantine"
+    deployment: Deployment,
+    service: str,
+    expect: int,
+    *,
+    kind: str = "quarantine",
+    quiet: float = 0.5,
 ) -> list[tuple[str, str, str]]:
-    """Wait for `expect` messages in a service's quarantine (or dead) queue.
+    """Take what arrives in a service's quarantine (or dead) queue.
 
+    Waits up to 10 s for `expect` messages, then keeps taking for `quiet`
+    seconds more, so that a message beyond those expected is returned too and
+    "nothing was parked" (`expect` 0) means nothing arrived in that time.
     Returns (message id, failure code, reason) of each, in arrival order.
     """
     connection = await deployment.connect(None)
@@ -337,7 +401,10 @@ async def parked(
     taken: list[tuple[str, str, str]] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10.0
-    while len(taken) < expect and loop.time() < deadline:
+    quiet_until: float | None = None
+    while loop.time() < (quiet_until or deadline):
+        if quiet_until is None and len(taken) >= expect:
+            quiet_until = loop.time() + quiet
         message = await queue.get(fail=False)
         if message is None:
             await asyncio.sleep(0.05)

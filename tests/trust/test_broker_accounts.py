@@ -14,10 +14,13 @@ import aio_pika
 import aiormq
 import pytest
 
+from messaging.consumer import Consumer
+from messaging.errors import BrokerUnavailable
+from messaging.handlers import Context
 from messaging.identity import Principal, encode_principal
 from messaging.provision import Management
 from tests.trust.conftest import Deployment, parked, publish_as, started
-from tests.trust.services import FLAG, PLACE, PLACED
+from tests.trust.services import FLAG, PLACE, PLACED, Order
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
 
@@ -144,29 +147,142 @@ async def test_a_service_cannot_declare_a_queue_of_its_own_choosing(
         await channel.declare_queue(f"{deployment.prefix}.spy", auto_delete=True)
 
 
-async def test_a_message_pushed_into_another_services_retry_path_is_quarantined(
+def direct_routes(deployment: Deployment) -> dict[str, tuple[str, str]]:
+    """Every direct exchange core or the edge owns, with a key that reaches its
+    queues: what another service would bind to, to eavesdrop."""
+    topology = deployment.topology
+    return {
+        "redeliver": (topology.redeliver_exchange("core"), "core"),
+        "retry": (
+            topology.retry_exchange("core"),
+            topology.retry_queue("core", topology.retry_delays[0]),
+        ),
+        "dead": (topology.dead_exchange("core"), "core"),
+        "quarantine": (topology.quarantine_exchange("core"), "core"),
+        "replies": (
+            topology.reply_exchange("edge"),
+            topology.reply_queue("edge", "0123456789ab"),
+        ),
+    }
+
+
+async def with_edge_replies(deployment: Deployment) -> None:
+    """Make the edge's reply exchange exist, as a running edge would."""
+    connection = await deployment.connect(None)
+    channel = await connection.channel()
+    await channel.declare_exchange(
+        deployment.topology.reply_exchange("edge"),
+        aio_pika.ExchangeType.DIRECT,
+        durable=True,
+        auto_delete=True,
+    )
+    await channel.close()
+
+
+DIRECT_EXCHANGES = ["redeliver", "retry", "dead", "quarantine", "replies"]
+
+
+@pytest.mark.parametrize("kind", DIRECT_EXCHANGES)
+async def test_a_service_cannot_bind_to_another_services_direct_exchange(
+    deployment: Deployment, kind: str
+) -> None:
+    # Topic rights do not apply to direct exchanges; only the exchange's name
+    # keeps audit out of core's retries, dead letters and quarantine, and out
+    # of the replies to the edge.
+    await started(deployment, ["core", "audit"])
+    await with_edge_replies(deployment)
+    exchange, routing_key = direct_routes(deployment)[kind]
+    connection = await deployment.connect("audit")
+    channel = await connection.channel()
+    queue = await channel.get_queue(f"{deployment.prefix}.audit.dead", ensure=False)
+
+    with pytest.raises(aiormq.exceptions.ChannelAccessRefused) as refused:
+        await queue.bind(exchange, routing_key=routing_key)
+
+    assert exchange in str(refused.value)
+
+
+@pytest.mark.parametrize("kind", DIRECT_EXCHANGES)
+async def test_a_service_cannot_publish_into_another_services_direct_exchange(
+    deployment: Deployment, kind: str
+) -> None:
+    await started(deployment, ["core"])
+    await with_edge_replies(deployment)
+    exchange, routing_key = direct_routes(deployment)[kind]
+
+    with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
+        await attempt_publish(
+            deployment, "audit", exchange, routing_key, message_type=PLACE
+        )
+
+    assert deployment.seen.of("core") == []
+    assert await parked(deployment, "core", 0) == []
+
+
+async def test_a_worker_cannot_read_the_retries_of_another_to_act_for_their_user(
     deployment: Deployment,
 ) -> None:
-    # redeliver is a direct exchange, where topic rights do not apply: audit can
-    # route to core's queue through it, so core checks who put it there.
-    await started(deployment, ["core"])
-    message_id = uuid.uuid4().hex
+    # core fails once, so alice's command, with her origin assertion, waits in
+    # core's retry path; audit tries every way into that path.
+    failures = {"left": 1}
+    record = deployment._record
 
-    await publish_as(
-        deployment,
-        "audit",
-        "core",
-        exchange=f"{deployment.prefix}.redeliver",
+    async def flaky(service: str, context: Context, payload: Order) -> None:
+        await record(service, context, payload)
+        if service == "core" and failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("database blinked")
+
+    deployment._record = flaky  # type: ignore[method-assign]
+    await started(deployment, ["core", "audit"])
+    spy = await deployment.connect("audit")
+    edge = await deployment.publisher("edge")
+    await edge.publish(
+        f"{deployment.prefix}.commands",
+        PLACE,
         message_type=PLACE,
-        body=BODY,
-        headers={**HEADERS, "baton-original-publisher": deployment.accounts.of("edge")},
-        message_id=message_id,
+        body=Order(item="book"),
+        principal=Principal.user("alice", ["buyer"], entered_by="edge"),
     )
 
-    ((quarantined, code, reason),) = await parked(deployment, "core", 1)
-    assert (quarantined, code) == (message_id, "UntrustedPublisher")
-    assert "retry path" in reason
-    assert deployment.seen.of("core") == []
+    for kind in ("redeliver", "retry", "dead", "quarantine"):
+        exchange, routing_key = direct_routes(deployment)[kind]
+        channel = await spy.channel()
+        queue = await channel.get_queue(f"{deployment.prefix}.audit.dead", ensure=False)
+        with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
+            await queue.bind(exchange, routing_key=routing_key)
+    await deployment.seen.wait_for("core", 2)
+
+    assert deployment.seen.of("audit") == []
+    assert await parked(deployment, "audit", 0, kind="dead") == []
+
+
+@pytest.mark.parametrize(
+    "exchange", ["commands", "events", "core.quarantine", "core.redeliver"]
+)
+async def test_a_service_cannot_delete_a_shared_or_another_services_exchange(
+    deployment: Deployment, exchange: str
+) -> None:
+    await started(deployment, ["core"])
+    connection = await deployment.connect("edge")
+    channel = await connection.channel()
+
+    with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
+        await channel.exchange_delete(f"{deployment.prefix}.{exchange}")
+
+
+async def test_a_service_cannot_redeclare_a_shared_exchange(
+    deployment: Deployment,
+) -> None:
+    # Declaring needs configure, which would also allow deleting: services
+    # only check the shared exchanges passively.
+    connection = await deployment.connect("core")
+    channel = await connection.channel()
+
+    with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
+        await channel.declare_exchange(
+            f"{deployment.prefix}.commands", aio_pika.ExchangeType.TOPIC, durable=True
+        )
 
 
 async def test_provisioned_accounts_carry_no_tags_and_no_other_vhost(
@@ -182,3 +298,43 @@ async def test_provisioned_accounts_carry_no_tags_and_no_other_vhost(
             permissions = management.get(f"/api/users/{user}/permissions")
         assert account["tags"] in ([], "")
         assert [p["vhost"] for p in permissions] == [deployment.vhost]
+
+
+async def test_a_service_does_not_start_while_a_shared_exchange_is_missing(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Provisioning creates the shared exchanges; a service may not, so it says
+    # what is missing instead of re-creating what an operator removed.
+    connection = await deployment.connect(None)
+    channel = await connection.channel()
+    await channel.exchange_delete(f"{deployment.prefix}.events")
+    await channel.close()
+
+    settings = deployment.settings("audit")
+    (audit,) = (d for d in deployment.declared if d.name == "audit")
+    consumer = Consumer("audit", audit.handlers, settings)
+
+    with pytest.raises(BrokerUnavailable, match="ACCESS_REFUSED"):
+        await consumer.start(timeout=3.0)
+
+    assert f"exchange {deployment.prefix}.events does not exist" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("source", "routing_key"),
+    [("commands", "#"), ("commands", PLACE), ("core.dead", "core")],
+)
+async def test_a_service_cannot_bind_an_exchange_to_reroute_anothers_messages(
+    deployment: Deployment, source: str, routing_key: str
+) -> None:
+    # An exchange-to-exchange binding is checked like a queue binding: read
+    # on the source (with its topic rights), write on the destination.
+    await started(deployment, ["core", "audit"])
+    connection = await deployment.connect("audit")
+    channel = await connection.channel()
+    own = await channel.get_exchange(
+        deployment.topology.dead_exchange("audit"), ensure=False
+    )
+
+    with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
+        await own.bind(f"{deployment.prefix}.{source}", routing_key=routing_key)

@@ -57,9 +57,22 @@ def test_the_broker_loads_the_generated_definitions_at_boot_and_has_no_guest(
 ) -> None:
     rabbitmq = compose["services"]["rabbitmq"]
     conf = broker_conf()
-    mounted = {volume.split(":")[1] for volume in rabbitmq["volumes"]}
+    mounted = {
+        volume.split(":")[1]: volume.split(":")[0] for volume in rabbitmq["volumes"]
+    }
 
-    assert "/etc/rabbitmq/rabbitmq.conf" in mounted
+    # The official image reads conf.d after rabbitmq.conf, and its
+    # conf.d/10-defaults.conf sets loopback_users.guest = false: our file must
+    # be in conf.d and sort after every file the image brings.
+    (ours,) = (target for target in mounted if target.endswith(".conf"))
+    directory, _, name = ours.rpartition("/")
+    assert directory == "/etc/rabbitmq/conf.d"
+    assert mounted[ours] == "./deploy/rabbitmq.conf"
+    image_files = [
+        "10-defaults.conf",
+        "20-management_agent.disable_metrics_collector.conf",
+    ]
+    assert sorted([*image_files, name])[-1] == name
     assert conf["load_definitions"] == "/run/secrets/definitions"
     assert "definitions" in rabbitmq["secrets"]
     assert compose["secrets"]["definitions"]["file"].startswith("./.baton/")
@@ -137,3 +150,14 @@ def test_nothing_starts_before_the_broker_is_healthy_and_the_accounts_are_checke
     for name in BATON_PROCESSES:
         condition = services[name]["depends_on"]["trust-check"]["condition"]
         assert condition == "service_completed_successfully", name
+
+
+def test_every_baton_process_has_a_healthcheck(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+
+    assert "/health/ready" in " ".join(services["edge"]["healthcheck"]["test"])
+    for name in (*SERVICES, "scheduler"):
+        check = services[name]["healthcheck"]
+        # Through the entrypoint, which builds AMQP_URL from the secret.
+        assert check["test"] == ["CMD", "baton-entrypoint", "baton", "health", name]
+        assert check["interval"] and check["retries"] >= 1

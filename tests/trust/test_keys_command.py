@@ -59,3 +59,27 @@ def test_retiring_an_unknown_key_fails_with_a_reason(
 
     assert baton(["keys", "retire", "nope", "--keyring", str(ring_file)]) == 1
     assert "key 'nope' is not in the ring" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("grace", "warned"), [("900", True), ("0", False), ("3630", False), (None, False)]
+)
+def test_retiring_with_a_grace_shorter_than_the_origin_ttl_warns(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    grace: str | None,
+    warned: bool,
+) -> None:
+    ring_file = tmp_path / "ring.json"
+    key = SigningKey.generate("edge")
+    KeyRing([key.public()]).save(ring_file)
+    extra = [] if grace is None else ["--grace", grace]
+
+    assert baton(["keys", "retire", key.kid, "--keyring", str(ring_file), *extra]) == 0
+
+    err = capsys.readouterr().err
+    assert ("shorter than BATON_ORIGIN_TTL (3600 s)" in err) is warned
+    retired = KeyRing.load(ring_file).get(key.kid)
+    assert retired is not None and retired.retire_after is not None
+    expected = 3900 if grace is None else float(grace)
+    assert abs(retired.retire_after - (time.time() + expected)) < 10

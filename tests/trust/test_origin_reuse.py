@@ -7,7 +7,14 @@ import pytest
 from messaging import headers as h
 from messaging.errors import InvalidSignature
 from messaging.identity import Principal, encode_principal
-from messaging.signing import Destination, KeyRing, Signer, SigningKey, Verifier
+from messaging.signing import (
+    Destination,
+    Envelope,
+    KeyRing,
+    Signer,
+    SigningKey,
+    Verifier,
+)
 
 BODY = b'{"item":"book"}'
 TO_CORE = Destination("baton.commands", "order.place", "order.place")
@@ -61,6 +68,10 @@ def test_another_role_set_or_tenant_gets_its_own_origin(edge: Signer) -> None:
     assert len(origins) == 4
 
 
+def envelope(message_id: str) -> Envelope:
+    return Envelope("edge", TO_CORE, message_id, "", "", BODY)
+
+
 def test_a_reused_origin_still_verifies_and_still_vouches_only_for_its_user(
     edge: Signer, clock: Clock
 ) -> None:
@@ -72,15 +83,7 @@ def test_a_reused_origin_still_verifies_and_still_vouches_only_for_its_user(
             **encode_principal(ALICE),
             **edge.sign(TO_CORE, message_id, BODY, ALICE),
         }
-        origin = verifier.verify(
-            headers,
-            publisher="edge",
-            route=TO_CORE,
-            message_id=message_id,
-            body=BODY,
-            principal=ALICE,
-            first_delivery=True,
-        )
+        origin = verifier.verify(headers, envelope(message_id), ALICE)
         assert origin.subject == "alice"
 
     # The cached origin is alice's: it cannot be stretched over another message
@@ -88,12 +91,4 @@ def test_a_reused_origin_still_verifies_and_still_vouches_only_for_its_user(
     mallory = Principal.user("alice", ["buyer", "admin"], entered_by="edge")
     forged = {**encode_principal(mallory), **edge.sign(TO_CORE, "m3", BODY, ALICE)}
     with pytest.raises(InvalidSignature, match="other identity headers"):
-        verifier.verify(
-            forged,
-            publisher="edge",
-            route=TO_CORE,
-            message_id="m3",
-            body=BODY,
-            principal=mallory,
-            first_delivery=True,
-        )
+        verifier.verify(forged, envelope("m3"), mallory)

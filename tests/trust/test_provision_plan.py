@@ -76,3 +76,55 @@ def test_no_account_may_read_or_configure_another_services_queues() -> None:
 def test_a_service_named_like_an_exchange_is_refused() -> None:
     with pytest.raises(TrustConfigError, match="named like an exchange"):
         plan(TOPOLOGY, [ServiceDeclaration(name="commands")])
+
+
+def own_names(topology: Topology, service: str) -> set[str]:
+    return {
+        *topology.service_queues(service),
+        *topology.service_exchanges(service),
+        topology.reply_exchange(service),
+        topology.reply_queue(service, "0123456789ab"),
+    }
+
+
+@pytest.mark.parametrize("declared", [DECLARATIONS, reference()], ids=["test", "ref"])
+def test_no_account_may_configure_a_shared_exchange(
+    declared: list[ServiceDeclaration],
+) -> None:
+    for grant in plan(TOPOLOGY, declared):
+        for exchange in TOPOLOGY.exchanges():
+            assert not matches(grant.configure, exchange), (grant.user, exchange)
+
+
+@pytest.mark.parametrize("declared", [DECLARATIONS, reference()], ids=["test", "ref"])
+def test_another_services_names_are_out_of_reach_but_the_replies_it_awaits(
+    declared: list[ServiceDeclaration],
+) -> None:
+    by_name = {d.name: d for d in declared}
+    for grant in plan(TOPOLOGY, declared):
+        handled = by_name[grant.service].handled_types()
+        for other in by_name.values():
+            if other.name == grant.service:
+                continue
+            answers = bool(handled & other.requests)
+            for name in own_names(TOPOLOGY, other.name):
+                assert not matches(grant.read, name), (grant.user, name)
+                assert not matches(grant.configure, name), (grant.user, name)
+                may_write = answers and name == TOPOLOGY.reply_exchange(other.name)
+                assert matches(grant.write, name) == may_write, (grant.user, name)
+
+
+def test_a_service_answers_only_the_services_that_ask_it() -> None:
+    grants = {g.service: g for g in plan(TOPOLOGY, DECLARATIONS)}
+
+    assert matches(grants["core"].write, TOPOLOGY.reply_exchange("edge"))
+    assert not matches(grants["audit"].write, TOPOLOGY.reply_exchange("edge"))
+    assert matches(grants["edge"].read, TOPOLOGY.reply_exchange("edge"))
+    assert not matches(grants["edge"].write, TOPOLOGY.reply_exchange("edge"))
+
+
+def test_the_scheduler_declares_the_roles_it_acts_as_itself_with() -> None:
+    (scheduler,) = (d for d in reference() if d.name == "scheduler")
+
+    assert scheduler.roles == frozenset({"maintenance"})
+    assert all(not d.roles for d in reference() if d.name != "scheduler")

@@ -21,11 +21,13 @@ from pydantic import BaseModel
 from contracts import (
     PLAN_CREATE,
     PLAN_GET,
+    PLAN_REFRESH,
     PLAN_SCHEDULE_REFRESH,
     PROFILE_UPDATE_INTENT,
     Contract,
     PlanCreate,
     PlanGet,
+    PlanRefresh,
     PlanScheduleRefresh,
     PlanView,
     ProfileUpdateIntent,
@@ -78,6 +80,7 @@ class Running:
     parts: dict[str, Part]
     scheduler: Scheduler
     edge: Edge
+    scheduler_publisher: Publisher
 
     @property
     def plans(self) -> PlanStore:
@@ -138,7 +141,7 @@ async def running(
         )
         scheduler.bind(consumer.publisher, consumer.topology)
         edge = await edge_of(deployment)
-        yield Running(parts, scheduler, edge)
+        yield Running(parts, scheduler, edge, consumer.publisher)
         await edge.requester.close()
     finally:
         for part in parts.values():
@@ -209,3 +212,34 @@ async def test_the_scheduler_introduces_the_user_of_a_standing_refresh(
     second = (await running.notifications.for_subject("alice"))[1]
     assert (second.change, second.actors) == ("refreshed", ("scheduler", "core"))
     assert await parked(reference_deployment, "core", 0) == []
+
+
+async def test_one_publisher_cannot_use_up_the_message_id_of_another(
+    running: Running, reference_deployment: Deployment
+) -> None:
+    # The scheduler's message ids are predictable; core's inbox keys by
+    # publisher, so a command the edge sent first under the same id does not
+    # make core drop the scheduler's.
+    edge = running.edge
+    await edge.command(PROFILE_UPDATE_INTENT, ProfileUpdateIntent(intent="row"), ALICE)
+    taken = await edge.command(
+        PLAN_CREATE, PlanCreate(goal="2k", horizon_days=7), ALICE
+    )
+    await eventually(lambda: running.plans.plan(taken), what="the plan")
+
+    await running.scheduler_publisher.publish(
+        f"{reference_deployment.prefix}.commands",
+        PLAN_REFRESH.name,
+        message_type=PLAN_REFRESH.name,
+        body=PlanRefresh(plan_id=taken),
+        principal=running.scheduler.for_user("alice", ["planner"]),
+        message_id=taken,
+    )
+
+    async def refreshed() -> bool:
+        plan = await running.plans.plan(taken)
+        return plan is not None and plan.version == 2
+
+    await eventually(refreshed, what="the refresh under the same message id")
+    for kind in ("quarantine", "dead"):
+        assert await parked(reference_deployment, "core", 0, kind=kind) == []

@@ -11,41 +11,28 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Any
+from pathlib import Path
 
 import aio_pika
 import pytest
 
+from baton.cli import main as baton
 from messaging.identity import Origin, Principal, encode_principal
-from messaging.signing import Destination, Signer, SigningKey
-from tests.trust.conftest import Deployment, parked, publish_as, started
-from tests.trust.services import CANCEL, PLACE, PLACED, Order
+from messaging.signing import Destination, SigningKey
+from tests.trust.conftest import (
+    BODY,
+    Deployment,
+    alice,
+    parked,
+    publish_as,
+    signed,
+    started,
+    to_core,
+)
+from tests.trust.services import CANCEL, PLACE, PLACED, STATUS, Order
+from tests.workers.conftest import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
-
-BODY = json.dumps({"item": "book"}).encode()
-
-
-def alice(*roles: str) -> Principal:
-    return Principal.user("alice", roles or ("buyer",), entered_by="edge")
-
-
-def signed(
-    key: SigningKey,
-    principal: Principal,
-    destination: Destination,
-    message_id: str,
-    body: bytes = BODY,
-    *,
-    introduces_users: bool = True,
-    issued: float | None = None,
-) -> dict[str, Any]:
-    """Identity headers plus the signature `key` makes for them."""
-    clock = (lambda: issued) if issued is not None else time.time
-    signer = Signer(key, introduces_users=introduces_users, ttl=60, clock=clock)
-    headers = encode_principal(principal)
-    headers.update(signer.sign(destination, message_id, body, principal))
-    return headers
 
 
 async def publish_event_as_core(
@@ -60,10 +47,6 @@ async def publish_event_as_core(
         message_id=message_id,
         exchange=f"{deployment.prefix}.events",
     )
-
-
-def to_core(deployment: Deployment, message_type: str = PLACE) -> Destination:
-    return Destination(f"{deployment.prefix}.commands", message_type, message_type)
 
 
 async def test_a_signed_command_and_the_event_it_causes_are_handled_for_the_user(
@@ -337,3 +320,148 @@ async def test_an_account_that_is_no_declared_service_is_refused(
     assert code == "UntrustedPublisher"
     assert "'guest' is no declared service" in reason
     assert deployment.seen.of("core") == []
+
+
+async def test_a_replay_stays_refused_when_the_broker_redelivers_it(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The replay is refused, but its quarantine copy cannot be published (an
+    # operator removed the exchange), so the broker redelivers it, flagged
+    # redelivered, until the delivery limit: every copy must be refused again.
+    await started(deployment, ["core"])
+    message_id = uuid.uuid4().hex
+    headers = signed(deployment.key("edge"), alice(), to_core(deployment), message_id)
+    await publish_as(
+        deployment, "edge", PLACE, body=BODY, headers=headers, message_id=message_id
+    )
+    await deployment.seen.wait_for("core", 1)
+    connection = await deployment.connect(None)
+    channel = await connection.channel()
+    await channel.exchange_delete(deployment.topology.quarantine_exchange("core"))
+    await channel.close()
+
+    await publish_as(
+        deployment, "edge", PLACE, body=BODY, headers=headers, message_id=message_id
+    )
+
+    def refusals() -> int:
+        return sum(
+            "ReplayedMessage" in record.getMessage()
+            for record in caplog.records
+            if record.name == "baton.security"
+        )
+
+    await eventually(lambda: refusals() >= 3, what="the copies refused")
+    assert len(deployment.seen.of("core")) == 1
+
+
+async def test_a_first_publish_cannot_claim_a_retry_attempt(
+    deployment: Deployment,
+) -> None:
+    # baton-attempt 3 on a first publish would skip every retry the handler
+    # has; only the service's own retry path may set it.
+    await started(deployment, ["core"])
+    message_id = uuid.uuid4().hex
+    headers = signed(deployment.key("edge"), alice(), to_core(deployment), message_id)
+
+    await publish_as(
+        deployment,
+        "edge",
+        PLACE,
+        body=BODY,
+        headers={**headers, "baton-attempt": 3},
+        message_id=message_id,
+    )
+
+    ((_, code, reason),) = await parked(deployment, "core", 1)
+    assert code == "UntrustedPublisher"
+    assert "only core's own retry path sets it" in reason
+    assert deployment.seen.of("core") == []
+
+
+async def test_a_request_cannot_be_sent_again_with_its_reply_pointed_elsewhere(
+    deployment: Deployment,
+) -> None:
+    # Someone with the edge's password but not its key takes a signed request
+    # and sends it with reply_to naming a queue it reads itself.
+    await started(deployment, ["core"])
+    topology = deployment.topology
+    thief = await (await deployment.connect("edge")).channel()
+    stolen = await topology.declare_reply_queue(thief, "edge", "0123456789ab")
+    message_id = uuid.uuid4().hex
+    headers = signed(
+        deployment.key("edge"),
+        alice(),
+        to_core(deployment, STATUS),
+        message_id,
+        reply_to=topology.reply_queue("edge", "aaaaaaaaaaaa"),
+    )
+
+    await publish_as(
+        deployment,
+        "edge",
+        STATUS,
+        body=BODY,
+        headers=headers,
+        message_id=message_id,
+        reply_to=stolen.name,
+    )
+
+    ((_, code, reason),) = await parked(deployment, "core", 1)
+    assert code == "InvalidSignature"
+    assert "another reply_to" in reason
+    assert deployment.seen.of("core") == []
+    assert await stolen.get(fail=False) is None
+
+
+async def test_a_running_consumer_follows_a_key_rotation_without_a_restart(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    await started(deployment, ["core"])
+    new_dir = tmp_path / "new-keys"
+    generate = ["keys", "generate", "edge", "--dir", str(new_dir)]
+    assert baton([*generate, "--keyring", str(deployment.keyring)]) == 0
+    (new_key,) = (SigningKey.load(path) for path in new_dir.glob("edge-*.key"))
+    old_kid = deployment.key("edge").kid
+    retire = ["keys", "retire", old_kid, "--keyring", str(deployment.keyring)]
+    assert baton([*retire, "--grace", "0"]) == 0
+    await asyncio.sleep(1.5)  # the consumer looks at the ring file every second
+
+    ids = {"new": uuid.uuid4().hex, "old": uuid.uuid4().hex}
+    for name, key in (("new", new_key), ("old", deployment.key("edge"))):
+        headers = signed(key, alice(), to_core(deployment), ids[name])
+        await publish_as(
+            deployment, "edge", PLACE, body=BODY, headers=headers, message_id=ids[name]
+        )
+
+    await deployment.seen.wait_for("core", 1)
+    assert [call[1] for call in deployment.seen.of("core")] == [ids["new"]]
+    ((refused, code, reason),) = await parked(deployment, "core", 1)
+    assert (refused, code) == (ids["old"], "InvalidSignature")
+    assert f"key {old_kid} was retired" in reason
+
+
+@pytest.mark.parametrize(
+    ("roles", "handled"), [(["maintenance"], True), (["maintenance", "admin"], False)]
+)
+async def test_a_service_acting_as_itself_holds_only_the_roles_it_declared(
+    deployment: Deployment, roles: list[str], handled: bool
+) -> None:
+    await started(deployment, ["audit"])
+    itself = Principal.service("core", roles, origin=Origin.SCHEDULE)
+    event = Destination(f"{deployment.prefix}.events", PLACED, PLACED)
+    message_id = uuid.uuid4().hex
+    # core's own key, as a compromised core would use it.
+    headers = signed(deployment.key("core"), itself, event, message_id)
+
+    await publish_event_as_core(deployment, headers, message_id)
+
+    if handled:
+        await deployment.seen.wait_for("audit", 1)
+        assert deployment.seen.of("audit")[0][2] == itself
+        assert await parked(deployment, "audit", 0) == []
+        return
+    ((_, code, reason),) = await parked(deployment, "audit", 1)
+    assert code == "UnprovenPrincipal"
+    assert "core vouched for itself with roles ['admin']" in reason
+    assert deployment.seen.of("audit") == []

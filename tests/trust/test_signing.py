@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from messaging import headers as h
+from messaging.assertion import seal
 from messaging.errors import (
     InvalidSignature,
     ReplayedMessage,
     SigningConfigError,
     UnprovenPrincipal,
 )
-from messaging.identity import Origin, Principal, encode_principal
+from messaging.identity import Origin, Principal, PrincipalKind, encode_principal
 from messaging.signing import (
+    ASSERTION_VERSION,
     Destination,
+    Envelope,
     KeyRing,
+    KeyRingFile,
+    OriginAssertion,
     SeenMessages,
     Signer,
     SigningKey,
@@ -52,12 +58,18 @@ def edge_key() -> SigningKey:
 
 def make_verifier(clock: Clock, *keys: SigningKey) -> Verifier:
     return Verifier(
-        KeyRing(k.public() for k in keys), introducers=frozenset({"edge"}), clock=clock
+        KeyRing(k.public() for k in keys),
+        introducers=frozenset({"edge"}),
+        service_roles={"core": frozenset({"maintenance"})},
+        clock=clock,
     )
 
 
 def sign(key: SigningKey, clock: Clock, principal: Principal = ALICE, **kw: Any):
-    signer = Signer(key, introduces_users=key.service == "edge", ttl=60, clock=clock)
+    entry = key.service in ("edge", "scheduler")
+    signer = Signer(
+        key, introduces_users=entry, roles=principal.roles, ttl=60, clock=clock
+    )
     headers: dict[str, Any] = dict(encode_principal(principal))
     headers.update(
         signer.sign(kw.get("to", TO_CORE), kw.get("mid", "m1"), BODY, principal)
@@ -66,15 +78,18 @@ def sign(key: SigningKey, clock: Clock, principal: Principal = ALICE, **kw: Any)
 
 
 def verify(verifier: Verifier, headers: dict[str, Any], **kw: Any):
-    return verifier.verify(
-        headers,
+    delivery = Envelope(
         publisher=kw.get("publisher", "edge"),
         route=TO_CORE,
         message_id=kw.get("mid", "m1"),
+        correlation_id=kw.get("cid", ""),
+        reply_to=kw.get("reply_to", ""),
         body=BODY,
-        principal=kw.get("principal", ALICE),
-        first_delivery=kw.get("first", True),
+        attempt=kw.get("attempt", 0),
+        redelivered=kw.get("redelivered", False),
+        copy=kw.get("copy", ("", 0)),
     )
+    return verifier.verify(headers, delivery, kw.get("principal", ALICE))
 
 
 def reseal(token: str, **changes: Any) -> str:
@@ -166,25 +181,125 @@ def test_an_assertion_from_the_future_is_refused(
         verify(make_verifier(clock, edge_key), headers)
 
 
-def test_a_replay_is_refused_but_a_redelivery_is_not(
+def test_a_redelivery_of_a_message_in_flight_passes_but_a_second_publish_does_not(
     edge_key: SigningKey, clock: Clock
 ) -> None:
     verifier = make_verifier(clock, edge_key)
     headers = sign(edge_key, clock)
     verify(verifier, headers)
 
-    verify(verifier, headers, first=False)
+    verify(verifier, headers, redelivered=True)
     with pytest.raises(ReplayedMessage):
         verify(verifier, headers)
 
 
-def test_the_replay_cache_forgets_ids_once_they_expire() -> None:
-    seen = SeenMessages(capacity=2)
+def test_a_settled_message_is_a_replay_even_when_flagged_redelivered(
+    edge_key: SigningKey, clock: Clock
+) -> None:
+    verifier = make_verifier(clock, edge_key)
+    headers = sign(edge_key, clock)
+    verify(verifier, headers)
+    verifier.settled(("edge", "m1", 0))
 
-    assert seen.admit("a", expires_at=10, now=0)
-    assert not seen.admit("a", expires_at=10, now=5)
-    assert seen.admit("b", expires_at=20, now=11)
+    for redelivered in (False, True):
+        with pytest.raises(ReplayedMessage, match="already admitted"):
+            verify(verifier, headers, redelivered=redelivered)
+
+
+def test_only_the_admitted_copy_settles_its_message(
+    edge_key: SigningKey, clock: Clock
+) -> None:
+    # A forged copy under the same id is refused before the replay check, and
+    # its settlement must not make the broker's redelivery of the real one a
+    # replay.
+    verifier = make_verifier(clock, edge_key)
+    headers = sign(edge_key, clock)
+    verify(verifier, headers, copy=("ctag-1", 1))
+    verifier.settled(("edge", "m1", 0), ("ctag-1", 2))
+
+    verify(verifier, headers, redelivered=True, copy=("ctag-2", 1))
+    verifier.settled(("edge", "m1", 0), ("ctag-2", 1))
+    with pytest.raises(ReplayedMessage):
+        verify(verifier, headers, redelivered=True, copy=("ctag-2", 2))
+
+
+def test_each_retry_attempt_is_admitted_once_after_the_one_before_settled(
+    edge_key: SigningKey, clock: Clock
+) -> None:
+    verifier = make_verifier(clock, edge_key)
+    headers = sign(edge_key, clock)
+    verify(verifier, headers)
+    verifier.settled(("edge", "m1", 0))
+
+    verify(verifier, headers, attempt=1)
+    verifier.settled(("edge", "m1", 1))
+    with pytest.raises(ReplayedMessage):
+        verify(verifier, headers, attempt=1, redelivered=True)
+    verify(verifier, headers, attempt=2)
+
+
+def test_the_same_message_id_from_another_publisher_is_no_replay(
+    edge_key: SigningKey, clock: Clock
+) -> None:
+    scheduler_key = SigningKey.generate("scheduler")
+    verifier = Verifier(
+        KeyRing([edge_key.public(), scheduler_key.public()]),
+        introducers=frozenset({"edge", "scheduler"}),
+        clock=clock,
+    )
+    as_scheduler = Principal.user("alice", ["buyer"], entered_by="scheduler")
+    verify(verifier, sign(edge_key, clock))
+    verifier.settled(("edge", "m1", 0))
+
+    origin = verify(
+        verifier,
+        sign(scheduler_key, clock, as_scheduler),
+        publisher="scheduler",
+        principal=as_scheduler,
+    )
+
+    assert origin.issuer == "scheduler"
+
+
+def test_the_replay_cache_forgets_deliveries_once_they_expire() -> None:
+    seen = SeenMessages(capacity=2)
+    a, b = ("edge", "a", 0), ("edge", "b", 0)
+
+    assert seen.admit(a, expires_at=10, now=0, redelivered=False)
+    seen.settle(a)
+    assert not seen.admit(a, expires_at=10, now=5, redelivered=True)
+    assert seen.admit(b, expires_at=20, now=11, redelivered=False)
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"reply_to": "baton.audit.replies.0123456789ab"}, "another reply_to"),
+        ({"cid": "another"}, "another correlation id"),
+    ],
+)
+def test_a_signature_binds_reply_to_and_correlation_id(
+    edge_key: SigningKey, clock: Clock, change: dict[str, str], expected: str
+) -> None:
+    signer = Signer(edge_key, introduces_users=True, clock=clock)
+    headers: dict[str, Any] = dict(encode_principal(ALICE))
+    headers.update(
+        signer.sign(
+            TO_CORE,
+            "m1",
+            BODY,
+            ALICE,
+            correlation_id="c1",
+            reply_to="baton.edge.replies.0123456789ab",
+        )
+    )
+    sent = {"cid": "c1", "reply_to": "baton.edge.replies.0123456789ab"}
+    verifier = make_verifier(clock, edge_key)
+
+    with pytest.raises(InvalidSignature, match=expected):
+        verify(verifier, headers, **{**sent, **change})
+    verify(verifier, headers, **sent)
 
 
 def test_keys_rotate_with_a_grace_period(clock: Clock, tmp_path: Path) -> None:
@@ -203,6 +318,51 @@ def test_keys_rotate_with_a_grace_period(clock: Clock, tmp_path: Path) -> None:
     verify(verifier, sign(new, clock, mid="m3"), mid="m3")
     with pytest.raises(InvalidSignature, match="retired"):
         verify(verifier, sign(old, clock, mid="m4"), mid="m4")
+
+
+def test_a_ring_file_is_read_again_when_it_changes(
+    clock: Clock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="messaging.keyring")
+    old, new = SigningKey.generate("edge"), SigningKey.generate("edge")
+    ring_file = tmp_path / "ring.json"
+    KeyRing([old.public()]).save(ring_file)
+    ring = KeyRingFile.open(ring_file, interval=1.0, clock=clock)
+    verifier = Verifier(ring, introducers=frozenset({"edge"}), clock=clock)
+    verify(verifier, sign(old, clock, mid="m1"), mid="m1")
+
+    KeyRing([old.public(), new.public()]).retiring(old.kid, clock.now).save(ring_file)
+    with pytest.raises(InvalidSignature, match="unknown key id"):
+        verify(verifier, sign(new, clock, mid="m2"), mid="m2")
+    clock.now += 1.5
+
+    verify(verifier, sign(new, clock, mid="m3"), mid="m3")
+    with pytest.raises(InvalidSignature, match="retired"):
+        verify(verifier, sign(old, clock, mid="m4"), mid="m4")
+    assert "reloaded the key ring" in caplog.text
+
+
+@pytest.mark.parametrize("broken", ["{not json", '{"keys": []}', None])
+def test_a_ring_file_that_breaks_keeps_the_ring_in_use(
+    edge_key: SigningKey,
+    clock: Clock,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    broken: str | None,
+) -> None:
+    ring_file = tmp_path / "ring.json"
+    KeyRing([edge_key.public()]).save(ring_file)
+    ring = KeyRingFile.open(ring_file, interval=1.0, clock=clock)
+    verifier = Verifier(ring, introducers=frozenset({"edge"}), clock=clock)
+
+    if broken is None:
+        ring_file.unlink()
+    else:
+        ring_file.write_text(broken)
+    clock.now += 1.5
+
+    verify(verifier, sign(edge_key, clock))
+    assert "keeping the key ring in use" in caplog.text
 
 
 def test_a_key_file_round_trips_and_keeps_its_owner(
@@ -255,19 +415,41 @@ def test_a_cached_origin_still_expires(edge_key: SigningKey, clock: Clock) -> No
     clock.now += 61
 
     with pytest.raises(InvalidSignature, match="baton-origin-assertion: expired"):
-        verify(verifier, headers, first=False)
+        verify(verifier, headers, redelivered=True)
 
 
 def test_a_service_may_vouch_only_for_itself(clock: Clock) -> None:
     core_key = SigningKey.generate("core")
     verifier = make_verifier(clock, core_key)
     itself = Principal.service("core", ["maintenance"], origin=Origin.SCHEDULE)
-    headers = sign(core_key, clock, itself)
+    verify(verifier, sign(core_key, clock, itself), publisher="core", principal=itself)
 
-    verify(verifier, headers, publisher="core", principal=itself)
-    headers[h.ORIGIN_ASSERTION] = reseal(headers[h.ORIGIN_ASSERTION], sub="users")
-    with pytest.raises(InvalidSignature):
-        verify(verifier, headers, publisher="core", principal=itself, mid="m1")
+    # core's own key, honestly used, vouching for another service.
+    users = Principal.service("users", ["maintenance"], origin=Origin.SCHEDULE)
+    claims = {
+        "v": ASSERTION_VERSION,
+        "iss": "core",
+        "sub": "users",
+        "kind": "service",
+        "roles": ["maintenance"],
+        "tenant": None,
+        "iat": clock.now,
+        "exp": clock.now + 60,
+    }
+    vouched = OriginAssertion(
+        "users",
+        PrincipalKind.SERVICE,
+        frozenset({"maintenance"}),
+        None,
+        "core",
+        clock.now + 60,
+        seal(claims, core_key),
+    )
+    with carrying(vouched):
+        headers = sign(core_key, clock, users, mid="m2")
+
+    with pytest.raises(UnprovenPrincipal, match="may only vouch for itself"):
+        verify(verifier, headers, publisher="core", principal=users, mid="m2")
 
 
 def test_an_assertion_valid_for_too_long_is_refused(
@@ -279,3 +461,36 @@ def test_an_assertion_valid_for_too_long_is_refused(
 
     with pytest.raises(InvalidSignature, match="valid for longer than"):
         verify(make_verifier(clock, edge_key), headers)
+
+
+def test_a_service_may_vouch_for_itself_only_with_the_roles_it_declared(
+    clock: Clock,
+) -> None:
+    core_key = SigningKey.generate("core")
+    verifier = make_verifier(clock, core_key)
+    # core's own key and signer; the signer is told it may hold admin, which
+    # core's declaration (maintenance only) does not say.
+    promoted = Principal.service(
+        "core", ["maintenance", "admin"], origin=Origin.SCHEDULE
+    )
+    headers = sign(core_key, clock, promoted)
+
+    with pytest.raises(UnprovenPrincipal, match=r"roles \['admin'\], but declares"):
+        verify(verifier, headers, publisher="core", principal=promoted)
+
+
+def test_a_signer_refuses_to_act_as_itself_with_an_undeclared_role(
+    clock: Clock,
+) -> None:
+    signer = Signer(
+        SigningKey.generate("core"),
+        introduces_users=False,
+        roles=frozenset({"maintenance"}),
+        clock=clock,
+    )
+    promoted = Principal.service(
+        "core", ["maintenance", "admin"], origin=Origin.SCHEDULE
+    )
+
+    with pytest.raises(UnprovenPrincipal, match=r"roles \['admin'\]: it declares"):
+        signer.sign(TO_CORE, "m1", BODY, promoted)
