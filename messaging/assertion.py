@@ -1,12 +1,14 @@
 """The wire form of a signed assertion, and the exact shape its claims must have.
 
-An assertion is ``base64url(JSON claims) "." base64url(Ed25519 signature)``, the
-signature taken over the ASCII bytes of the first part, base64url unpadded. The
-claims JSON carries the key id (``kid``) beside the claims. Unsealing checks the
-size and the encoding, that the claims are exactly the expected set with the
-expected JSON types (no ``NaN``, no extra claim), the version, and the signature
-against the key ring. What the claims must *say* is the verifier's business
-(messaging/signing.py).
+An assertion is a seal (messaging/sealing.py): ``base64url(JSON claims) "."
+base64url(Ed25519 signature) "." base64url(Merkle path)``, base64url unpadded.
+The signature covers the root of a batch of claims that the same key sealed
+together; the path leads from these claims to that root, and is empty for a
+batch of one. The claims JSON carries the key id (``kid``) beside the claims.
+Unsealing checks the size and the encoding, that the claims are exactly the
+expected set with the expected JSON types (no ``NaN``, no extra claim), the
+version, and the signature against the key ring. What the claims must *say* is
+the verifier's business (messaging/signing.py).
 """
 
 from __future__ import annotations
@@ -17,24 +19,33 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
-
 from messaging import headers as h
 from messaging.errors import InvalidSignature
 from messaging.keyring import KeyRing, RingKey, SigningKey, b64, unb64
+from messaging.sealing import (
+    RootCache,
+    SealError,
+    leaf_hash,
+    root_of,
+    seal_batch,
+    split,
+)
 
 # 2: the message assertion binds the correlation id and reply_to too.
-ASSERTION_VERSION: Final = 2
+# 3: a seal with a Merkle path, so that one signature can cover a batch.
+ASSERTION_VERSION: Final = 3
 MAX_TOKEN_CHARS: Final = 4096
 
 
+def claims_text(claims: Mapping[str, Any], key: SigningKey) -> str:
+    """The first part of an assertion: `claims` and the key id, as base64url JSON."""
+    return b64(json.dumps({**claims, "kid": key.kid}, separators=(",", ":")).encode())
+
+
 def seal(claims: Mapping[str, Any], key: SigningKey) -> str:
-    """The assertion `key` makes over `claims`."""
-    payload = b64(
-        json.dumps({**claims, "kid": key.kid}, separators=(",", ":")).encode()
-    )
-    signature = key.private.sign(payload.encode("ascii"))
-    return f"{payload}.{b64(signature)}"
+    """The assertion `key` makes over `claims` alone (a batch of one)."""
+    [token] = seal_batch(key, [claims_text(claims, key)])
+    return token
 
 
 # The claims an assertion must carry, and the JSON type of each.
@@ -61,8 +72,14 @@ _ORIGIN_CLAIMS: Final[dict[str, tuple[type, ...]]] = {
 }
 
 
-def unseal(token: object, header: str, ring: KeyRing) -> tuple[dict[str, Any], RingKey]:
-    """The claims of `token` and the ring key that signed it, or InvalidSignature."""
+def unseal(
+    token: object, header: str, ring: KeyRing, roots: RootCache | None = None
+) -> tuple[dict[str, Any], RingKey]:
+    """The claims of `token` and the ring key that signed it, or InvalidSignature.
+
+    `roots` remembers the batch roots already checked, so that the other
+    messages of a batch cost no second signature check.
+    """
     if token is None:
         raise InvalidSignature(f"{header}: missing")
     if type(token) is not str:
@@ -71,12 +88,11 @@ def unseal(token: object, header: str, ring: KeyRing) -> tuple[dict[str, Any], R
         )
     if len(token) > MAX_TOKEN_CHARS:
         raise InvalidSignature(f"{header}: longer than {MAX_TOKEN_CHARS} characters")
-    payload, dot, signature = token.partition(".")
-    if not dot:
-        raise InvalidSignature(f"{header}: not of the form claims.signature")
     try:
+        payload, raw_signature, path = split(token)
         claims = json.loads(unb64(payload), parse_constant=_no_constants)
-        raw_signature = unb64(signature)
+    except SealError as exc:
+        raise InvalidSignature(f"{header}: {exc}") from None
     except (ValueError, binascii.Error, RecursionError) as exc:
         raise InvalidSignature(f"{header}: cannot be decoded: {exc}") from None
     if not isinstance(claims, dict):
@@ -87,15 +103,16 @@ def unseal(token: object, header: str, ring: KeyRing) -> tuple[dict[str, Any], R
     if key is None:
         raise InvalidSignature(f"{header}: unknown key id {claims['kid']!r}")
     try:
-        key.key.verify(raw_signature, payload.encode("ascii"))
-    except _CryptoInvalidSignature:
-        raise InvalidSignature(f"{header}: signature does not verify") from None
+        root = root_of(leaf_hash(payload), path)
+        (roots or RootCache()).check(key.kid, key.key, root, raw_signature)
+    except SealError as exc:
+        raise InvalidSignature(f"{header}: {exc}") from None
     return claims, key
 
 
 def _check_shape(claims: dict[str, Any], header: str) -> None:
     shape = _ORIGIN_CLAIMS if header == h.ORIGIN_ASSERTION else _MESSAGE_CLAIMS
-    if set(claims) != set(shape):
+    if claims.keys() != shape.keys():
         raise InvalidSignature(f"{header}: claims must be exactly {sorted(shape)}")
     for name, types in shape.items():
         value = claims[name]

@@ -94,7 +94,7 @@ class Publisher:
         payload = body if isinstance(body, bytes) else body.model_dump_json().encode()
         if self.signer is not None:
             destination = Destination(exchange, routing_key, message_type)
-            signed = self.signer.sign(
+            signed = await self.signer.sign_soon(
                 destination,
                 message_id,
                 payload,

@@ -65,30 +65,32 @@ def paths(leaves: Sequence[bytes]) -> tuple[bytes, list[bytes]]:
     """The root of `leaves` and each leaf's path to it.
 
     Levels are built pairwise; an odd node at the end of a level moves up
-    unchanged, so it gains no step on that level.
+    unchanged, so it gains no step on that level. Node ``i`` of a level has
+    node ``i ^ 1`` as its sibling and becomes node ``i // 2`` of the next.
     """
     if not leaves:
         raise ValueError("a tree needs at least one leaf")
-    steps: list[list[bytes]] = [[] for _ in leaves]
-    # Which original leaves sit under each node of the current level.
-    level = list(leaves)
-    under: list[list[int]] = [[index] for index in range(len(leaves))]
-    while len(level) > 1:
-        next_level: list[bytes] = []
-        next_under: list[list[int]] = []
-        for i in range(0, len(level) - 1, 2):
-            left, right = level[i], level[i + 1]
-            for leaf in under[i]:
-                steps[leaf].append(bytes((RIGHT,)) + right)
-            for leaf in under[i + 1]:
-                steps[leaf].append(bytes((LEFT,)) + left)
-            next_level.append(node_hash(left, right))
-            next_under.append(under[i] + under[i + 1])
+    levels = [list(leaves)]
+    while len(levels[-1]) > 1:
+        level = levels[-1]
+        parents = [
+            node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)
+        ]
         if len(level) % 2:
-            next_level.append(level[-1])
-            next_under.append(under[-1])
-        level, under = next_level, next_under
-    return level[0], [b"".join(path) for path in steps]
+            parents.append(level[-1])
+        levels.append(parents)
+    return levels[-1][0], [_path(levels, index) for index in range(len(leaves))]
+
+
+def _path(levels: list[list[bytes]], index: int) -> bytes:
+    steps = []
+    for level in levels[:-1]:
+        sibling = index ^ 1
+        if sibling < len(level):
+            side = LEFT if sibling < index else RIGHT
+            steps.append(bytes((side,)) + level[sibling])
+        index //= 2
+    return b"".join(steps)
 
 
 def root_of(leaf: bytes, path: bytes) -> bytes:
@@ -130,10 +132,14 @@ def split(token: str) -> tuple[str, bytes, bytes]:
 
 
 class RootCache:
-    """Roots whose signature was checked, by key id, so a batch costs one check."""
+    """Roots whose signature was checked, so that a batch costs one check.
+
+    An entry stands only for the very key object it was checked with: a key
+    ring read again (a rotation, a key withdrawn) starts the check afresh.
+    """
 
     def __init__(self, capacity: int = 1024) -> None:
-        self._checked: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self._checked: OrderedDict[tuple[str, bytes], Ed25519PublicKey] = OrderedDict()
         self._capacity = capacity
 
     def check(
@@ -141,14 +147,14 @@ class RootCache:
     ) -> None:
         """Raise SealError unless `signature` by `public` vouches for `root`."""
         entry = (kid, root)
-        if entry in self._checked:
+        if self._checked.get(entry) is public:
             self._checked.move_to_end(entry)
             return
         try:
             public.verify(signature, SEAL_CONTEXT + root)
         except _CryptoInvalidSignature:
             raise SealError("signature does not verify") from None
-        self._checked[entry] = None
+        self._checked[entry] = public
         if len(self._checked) > self._capacity:
             self._checked.popitem(last=False)
 

@@ -38,7 +38,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from messaging import headers as h
-from messaging.assertion import ASSERTION_VERSION, seal, sha256_hex, unseal
+from messaging.assertion import (
+    ASSERTION_VERSION,
+    claims_text,
+    seal,
+    sha256_hex,
+    unseal,
+)
 from messaging.errors import (
     InvalidSignature,
     ReplayedMessage,
@@ -47,6 +53,7 @@ from messaging.errors import (
 from messaging.identity import Principal, PrincipalKind, encode_principal
 from messaging.keyring import KeyRing, KeyRingFile, RingKey, SigningKey
 from messaging.replay import Copy, ReplayKey, SeenMessages
+from messaging.sealing import BatchSealer, RootCache
 
 __all__ = [
     "ASSERTION_VERSION",
@@ -177,6 +184,7 @@ class Signer:
         # one minted for a principal serves its next messages too, until half
         # its lifetime is gone, so that consumers verify it once, not per message.
         self._minted: dict[tuple[Any, ...], tuple[str, float]] = {}
+        self._batch = BatchSealer(key)
 
     @property
     def service(self) -> str:
@@ -195,11 +203,48 @@ class Signer:
         """The signature headers for one message (and its origin, given a principal).
 
         `correlation_id` and `reply_to` are the AMQP properties the message is
-        published with ('' when it has none).
+        published with ('' when it has none). The message is sealed alone; a
+        publisher uses :meth:`sign_soon` to share one signature with the
+        messages published beside it.
         """
         now = self._clock()
-        signed: dict[str, str] = {}
-        claims: dict[str, Any] = {
+        claims = self._message_claims(
+            route, message_id, body, principal, correlation_id, reply_to, now
+        )
+        return self._headers(seal(claims, self.key), principal, now)
+
+    async def sign_soon(
+        self,
+        route: Destination,
+        message_id: str,
+        body: bytes,
+        principal: Principal | None,
+        *,
+        correlation_id: str = "",
+        reply_to: str = "",
+    ) -> dict[str, str]:
+        """Like :meth:`sign`, sealed with what else is signed in this loop turn."""
+        now = self._clock()
+        claims = self._message_claims(
+            route, message_id, body, principal, correlation_id, reply_to, now
+        )
+        # The origin first: a principal this signer may not vouch for raises
+        # before anything waits for the batch.
+        origin = self._origin_header(principal, now)
+        token = await self._batch.seal(claims_text(claims, self.key))
+        return {h.SIGNATURE: token, **origin}
+
+    def _message_claims(
+        self,
+        route: Destination,
+        message_id: str,
+        body: bytes,
+        principal: Principal | None,
+        correlation_id: str,
+        reply_to: str,
+        now: float,
+    ) -> dict[str, Any]:
+        return {
             "v": ASSERTION_VERSION,
             "iss": self.service,
             "mid": message_id,
@@ -213,10 +258,16 @@ class Signer:
             "iat": now,
             "exp": now + self._ttl,
         }
-        signed[h.SIGNATURE] = seal(claims, self.key)
-        if principal is not None:
-            signed[h.ORIGIN_ASSERTION] = self._origin_for(principal, now)
-        return signed
+
+    def _headers(
+        self, token: str, principal: Principal | None, now: float
+    ) -> dict[str, str]:
+        return {h.SIGNATURE: token, **self._origin_header(principal, now)}
+
+    def _origin_header(self, principal: Principal | None, now: float) -> dict[str, str]:
+        if principal is None:
+            return {}
+        return {h.ORIGIN_ASSERTION: self._origin_for(principal, now)}
 
     def _origin_for(self, principal: Principal, now: float) -> str:
         carried = carried_origin()
@@ -286,6 +337,9 @@ class Verifier:
         # Every hop of a piece of work carries the same origin assertion: its
         # signature is checked once, its expiry and key on every use.
         self._origins: OrderedDict[str, tuple[dict[str, Any], RingKey]] = OrderedDict()
+        self._vouched: dict[str, OriginAssertion] = {}
+        # The messages of one batch share a signature: it is checked once.
+        self._roots = RootCache()
 
     def verify(
         self, headers: Mapping[str, Any], envelope: Envelope, principal: Principal
@@ -296,14 +350,19 @@ class Verifier:
         claims = self._open(
             headers.get(h.SIGNATURE), h.SIGNATURE, envelope.publisher, now
         )
-        _expect(claims, "mid", envelope.message_id, "another message id")
-        _expect(claims, "cid", envelope.correlation_id, "another correlation id")
-        _expect(claims, "rt", envelope.reply_to, "another reply_to")
-        _expect(claims, "body", sha256_hex(envelope.body), "another body")
-        _expect(claims, "ex", route.exchange, "another exchange")
-        _expect(claims, "rk", route.routing_key, "another routing key")
-        _expect(claims, "type", route.message_type, "another message type")
-        _expect(claims, "idh", identity_digest(principal), "other identity headers")
+        actual = (
+            envelope.message_id,
+            envelope.correlation_id,
+            envelope.reply_to,
+            sha256_hex(envelope.body),
+            route.exchange,
+            route.routing_key,
+            route.message_type,
+            identity_digest(principal),
+        )
+        if tuple(claims[name] for name, _ in _BOUND) != actual:
+            for (name, what), value in zip(_BOUND, actual, strict=True):
+                _expect(claims, name, value, what)
 
         origin = self._origin(headers.get(h.ORIGIN_ASSERTION), principal, now)
         if not self._seen.admit(
@@ -327,6 +386,25 @@ class Verifier:
         self, token: object, principal: Principal, now: float
     ) -> OriginAssertion:
         claims = self._open(token, h.ORIGIN_ASSERTION, None, now)
+        # What the origin vouches for depends on its token alone; the key and
+        # the expiry were checked again just now.
+        origin = self._vouched.get(str(token))
+        if origin is None:
+            origin = self._vouching(claims, token)
+            if len(self._vouched) >= ORIGIN_CACHE_SIZE:
+                self._vouched.clear()
+            self._vouched[origin.token] = origin
+        if not origin.vouches_for(principal):
+            raise UnprovenPrincipal(
+                f"the headers act for {principal.kind.value} {principal.subject!r} "
+                f"with roles {sorted(principal.roles)}, but {origin.issuer} vouched "
+                f"for {origin.kind.value} {origin.subject!r} with roles "
+                f"{sorted(origin.roles)}"
+            )
+        return origin
+
+    def _vouching(self, claims: dict[str, Any], token: object) -> OriginAssertion:
+        """The origin `claims` assert, if their issuer may vouch for it."""
         issuer = claims["iss"]
         kind = claims.get("kind")
         if kind == PrincipalKind.SERVICE.value:
@@ -345,13 +423,6 @@ class Verifier:
         origin = _origin_from(claims, token)
         if origin.kind is PrincipalKind.SERVICE:
             self._check_own_roles(origin)
-        if not origin.vouches_for(principal):
-            raise UnprovenPrincipal(
-                f"the headers act for {principal.kind.value} {principal.subject!r} "
-                f"with roles {sorted(principal.roles)}, but {issuer} vouched for "
-                f"{origin.kind.value} {origin.subject!r} with roles "
-                f"{sorted(origin.roles)}"
-            )
         return origin
 
     def _check_own_roles(self, origin: OriginAssertion) -> None:
@@ -396,7 +467,7 @@ class Verifier:
     def _unseal(self, token: object, header: str) -> tuple[dict[str, Any], RingKey]:
         ring = self.keys()
         if header != h.ORIGIN_ASSERTION or type(token) is not str:
-            return unseal(token, header, ring)
+            return unseal(token, header, ring, self._roots)
         # A cached origin stands only while its key is the one in the ring now.
         cached = self._origins.get(token)
         if cached is not None and ring.get(cached[1].kid) is cached[1]:
@@ -411,16 +482,40 @@ class Verifier:
 
 ORIGIN_CACHE_SIZE: Final = 4096
 MINTED_CACHE_SIZE: Final = 4096
+# What a message assertion binds, in the order verify() compares it, and what
+# a mismatch means.
+_BOUND: Final = (
+    ("mid", "another message id"),
+    ("cid", "another correlation id"),
+    ("rt", "another reply_to"),
+    ("body", "another body"),
+    ("ex", "another exchange"),
+    ("rk", "another routing key"),
+    ("type", "another message type"),
+    ("idh", "other identity headers"),
+)
 
 
 def identity_digest(principal: Principal | None) -> str:
     """A SHA-256 of the identity headers in canonical form ('' without a principal)."""
     if principal is None:
         return ""
-    canonical = json.dumps(
-        encode_principal(principal), sort_keys=True, separators=(",", ":")
-    )
-    return sha256_hex(canonical.encode())
+    # Principals are immutable and few at a time: each one's digest is kept,
+    # as every message of a user, on both sides, needs it.
+    digest = _DIGESTS.get(principal)
+    if digest is None:
+        canonical = json.dumps(
+            encode_principal(principal), sort_keys=True, separators=(",", ":")
+        )
+        digest = sha256_hex(canonical.encode())
+        if len(_DIGESTS) >= DIGEST_CACHE_SIZE:
+            _DIGESTS.clear()
+        _DIGESTS[principal] = digest
+    return digest
+
+
+DIGEST_CACHE_SIZE: Final = 4096
+_DIGESTS: dict[Principal, str] = {}
 
 
 def _origin_from(claims: dict[str, Any], token: object) -> OriginAssertion:

@@ -130,6 +130,7 @@ class TrustPolicy:
         self.topology = topology
         self.accounts = accounts or Accounts()
         self.verifier = verifier
+        self._retry_path = topology.redeliver_exchange(service)
 
     def admit(
         self,
@@ -209,7 +210,7 @@ class TrustPolicy:
         if not account:
             raise UntrustedPublisher("the message has no user_id")
         publisher = self._service_of(account)
-        if message.exchange != self.topology.redeliver_exchange(self.service):
+        if message.exchange != self._retry_path:
             return publisher, False
 
         # Our own retry, back from its retry queue: only our account puts it there.

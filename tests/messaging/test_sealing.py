@@ -22,6 +22,7 @@ from messaging.sealing import (
 )
 
 KEY = SigningKey.generate("edge")
+PUBLIC = KEY.public().key
 
 
 def _claims(count: int) -> list[str]:
@@ -31,7 +32,8 @@ def _claims(count: int) -> list[str]:
 def _open(token: str, cache: RootCache, key: SigningKey = KEY) -> str:
     claims, signature, path = split(token)
     root = root_of(leaf_hash(claims), path)
-    cache.check(key.kid, key.public().key, root, signature)
+    public = PUBLIC if key is KEY else key.public().key
+    cache.check(key.kid, public, root, signature)
     return claims
 
 
@@ -97,6 +99,18 @@ def test_malformed_seals_are_refused() -> None:
         _open(f"{claims}.{signature}.{too_deep}", RootCache())
     with pytest.raises(SealError, match="side 7"):
         _open(f"{claims}.{signature}.{bad_side}", RootCache())
+
+
+def test_a_checked_root_is_checked_again_for_another_key_object() -> None:
+    sealed = seal_batch(KEY, _claims(2))
+    cache = RootCache()
+    _open(sealed[0], cache)
+    claims, _signature, path = split(sealed[1])
+    root = root_of(leaf_hash(claims), path)
+
+    # The same key read again (a ring reloaded) is checked afresh.
+    with pytest.raises(SealError, match="does not verify"):
+        cache.check(KEY.kid, KEY.public().key, root, bytes(64))
 
 
 def test_a_checked_root_is_not_checked_again() -> None:

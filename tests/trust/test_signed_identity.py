@@ -465,3 +465,27 @@ async def test_a_service_acting_as_itself_holds_only_the_roles_it_declared(
     assert code == "UnprovenPrincipal"
     assert "core vouched for itself with roles ['admin']" in reason
     assert deployment.seen.of("audit") == []
+
+
+async def test_commands_published_together_are_each_verified_and_handled_once(
+    deployment: Deployment,
+) -> None:
+    await started(deployment, ["core"])
+    edge = await deployment.publisher("edge")
+
+    ids = await asyncio.gather(
+        *(
+            edge.publish(
+                f"{deployment.prefix}.commands",
+                PLACE,
+                message_type=PLACE,
+                body=Order(item=f"book-{i}"),
+                principal=alice(),
+            )
+            for i in range(20)
+        )
+    )
+    await deployment.seen.wait_for("core", 20)
+
+    assert sorted(call[1] for call in deployment.seen.of("core")) == sorted(ids)
+    assert await parked(deployment, "core", 0) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -94,11 +95,11 @@ def verify(verifier: Verifier, headers: dict[str, Any], **kw: Any):
 
 def reseal(token: str, **changes: Any) -> str:
     """The same signature over claims changed by an attacker."""
-    payload, signature = token.split(".")
+    payload, signature, path = token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     claims.update(changes)
     forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=")
-    return f"{forged.decode()}.{signature}"
+    return f"{forged.decode()}.{signature}.{path}"
 
 
 def test_a_signed_message_verifies_and_yields_its_origin(
@@ -152,11 +153,11 @@ def test_non_finite_numbers_in_claims_are_refused(
     edge_key: SigningKey, clock: Clock
 ) -> None:
     headers = sign(edge_key, clock)
-    payload, signature = headers[h.SIGNATURE].split(".")
+    payload, signature, path = headers[h.SIGNATURE].split(".")
     text = base64.urlsafe_b64decode(payload + "==").decode()
     text = text.replace(f'"exp":{clock.now + 60}', '"exp":Infinity')
     forged = base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
-    headers[h.SIGNATURE] = f"{forged}.{signature}"
+    headers[h.SIGNATURE] = f"{forged}.{signature}.{path}"
 
     with pytest.raises(InvalidSignature, match="cannot be decoded"):
         verify(make_verifier(clock, edge_key), headers)
@@ -494,3 +495,25 @@ def test_a_signer_refuses_to_act_as_itself_with_an_undeclared_role(
 
     with pytest.raises(UnprovenPrincipal, match=r"roles \['admin'\]: it declares"):
         signer.sign(TO_CORE, "m1", BODY, promoted)
+
+
+@pytest.mark.asyncio
+async def test_messages_signed_in_one_loop_turn_share_a_signature_and_each_verifies(
+    edge_key: SigningKey, clock: Clock
+) -> None:
+    signer = Signer(edge_key, introduces_users=True, ttl=60, clock=clock)
+    verifier = make_verifier(clock, edge_key)
+    ids = [f"m{i}" for i in range(10)]
+
+    signed = await asyncio.gather(
+        *(signer.sign_soon(TO_CORE, mid, BODY, ALICE) for mid in ids)
+    )
+
+    assert len({s[h.SIGNATURE].split(".")[1] for s in signed}) == 1
+    for mid, signature in zip(ids, signed, strict=True):
+        headers = {**encode_principal(ALICE), **signature}
+        assert verify(verifier, headers, mid=mid).subject == "alice"
+    # Each message is bound to its own id even though the signature is shared.
+    moved = {**encode_principal(ALICE), **signed[0]}
+    with pytest.raises(InvalidSignature, match="another message id"):
+        verify(verifier, moved, mid="m1")
