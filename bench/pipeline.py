@@ -32,6 +32,7 @@ from faststream.rabbit import (
     RabbitQueue,
 )
 
+from bench.brokercpu import broker_pid, cpu_seconds
 from bench.deployment import deploy
 from bench.workload import (
     MESSAGE_TYPE,
@@ -240,11 +241,16 @@ async def faststream(spec: RunSpec) -> Timing:
 
 @dataclass(frozen=True)
 class Timing:
-    """Wall-clock and CPU seconds of one run of `messages` messages."""
+    """Wall-clock and CPU seconds of one run of `messages` messages.
+
+    `broker_cpu_seconds` is the local broker's CPU time over the same span, when
+    the broker runs on this machine (bench/brokercpu.py), else None.
+    """
 
     messages: int
     seconds: float
     cpu_seconds: float
+    broker_cpu_seconds: float | None = None
 
     @property
     def rate(self) -> float:
@@ -254,10 +260,18 @@ class Timing:
     def cpu_us_per_message(self) -> float:
         return self.cpu_seconds / self.messages * 1e6
 
+    @property
+    def broker_cpu_us_per_message(self) -> float | None:
+        if self.broker_cpu_seconds is None:
+            return None
+        return self.broker_cpu_seconds / self.messages * 1e6
+
 
 async def timed(send: Send, tally: Tally, spec: RunSpec) -> Timing:
     """Wall and CPU time from the first publish until every message was handled."""
     loop = asyncio.get_running_loop()
+    broker = broker_pid()
+    broker_started = cpu_seconds(broker)
     started, cpu_started = loop.time(), time.process_time()
     await publish_in_windows(send, spec.messages, spec.window)
     deadline = 30.0 + spec.messages / 200
@@ -268,9 +282,14 @@ async def timed(send: Send, tally: Tally, spec: RunSpec) -> Timing:
             f"only {tally.count} of {tally.expected} messages were handled "
             f"within {deadline:.0f}s"
         ) from None
-    return Timing(
-        spec.messages, loop.time() - started, time.process_time() - cpu_started
+    elapsed, cpu = loop.time() - started, time.process_time() - cpu_started
+    broker_now = cpu_seconds(broker)
+    broker_cpu = (
+        None
+        if broker_started is None or broker_now is None
+        else broker_now - broker_started
     )
+    return Timing(spec.messages, elapsed, cpu, broker_cpu)
 
 
 PIPELINES: dict[str, Pipeline] = {
@@ -309,7 +328,17 @@ async def compare(
 
     rates = {name: [t.rate for t in runs] for name, runs in timings.items()}
     cpu = {name: [t.cpu_us_per_message for t in runs] for name, runs in timings.items()}
-    return {name: _figures(name, rates, cpu) for name in names}
+    figures = {name: _figures(name, rates, cpu) for name in names}
+    for name, runs in timings.items():
+        figures[name]["broker_cpu_us_per_msg"] = _median_or_none(
+            [t.broker_cpu_us_per_message for t in runs]
+        )
+    return figures
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return round(statistics.median(known), 1) if known else None
 
 
 def _figures(

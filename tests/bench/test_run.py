@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from bench.brokercpu import broker_pid, cpu_seconds
 from tests.management import ManagementApi
 
 pytestmark = pytest.mark.broker
@@ -83,6 +84,9 @@ def test_every_pipeline_is_measured_or_said_to_be_missing(result):
         assert figures["ratio_to_raw"] > 0
         assert figures["cpu_us_per_msg"] > 0
         assert figures["cpu_ratio_to_raw"] > 0
+        # Only a broker on this machine can be measured; none is reported as null.
+        broker_cpu = figures["broker_cpu_us_per_msg"]
+        assert broker_cpu is None or broker_cpu >= 0
     assert pipeline["raw_aio_pika"]["ratio_to_raw"] == 1.0
     assert pipeline["baton"]["ratio_to_faststream"] > 0
 
@@ -153,3 +157,13 @@ def test_a_prefix_outside_the_pattern_is_refused(amqp_url):
     assert done.returncode == 2
     assert "Bad.Prefix" in done.stderr
     assert done.stdout == ""
+
+
+def test_a_local_brokers_cpu_time_is_read_and_a_missing_process_gives_none():
+    pid = broker_pid()
+    if pid is None:
+        pytest.skip("no RabbitMQ node runs on this machine (a container broker)")
+    before = cpu_seconds(pid)
+    assert before is not None and before > 0
+    assert cpu_seconds(-1) is None
+    assert cpu_seconds(None) is None
