@@ -39,7 +39,10 @@ CLIENT_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
 IDEMPOTENT_IDS: Final = uuid.UUID("9a4f3c1e-6b2d-5e8a-9c7f-2d1b0e4a6f83")
 
 
-def correlation_id(
+# The dependencies are coroutines although nothing in them waits: FastAPI runs a
+# plain function dependency in a worker thread, a hop that cost more than the
+# whole publish of the command.
+async def correlation_id(
     request: Request,
     _documented: Annotated[
         str | None,
@@ -54,7 +57,7 @@ def correlation_id(
     return _client_id(request, CORRELATION_HEADERS, "the correlation id")
 
 
-def idempotency_key(
+async def idempotency_key(
     request: Request,
     _documented: Annotated[
         str | None,
