@@ -1,10 +1,12 @@
 """The edge: a command POST with JWT verification and a confirmed publish.
 
 The real edge app is served by uvicorn in a subprocess (:mod:`bench.edge_server`)
-and loaded from this process by an httpx client that keeps a fixed number of
-requests in flight. The same app also answers right after JWT verification on
-``/bench/verified``; both routes are loaded in interleaved repetitions, so the
-ratio of their rates is what publishing a command costs a request.
+and loaded from this process over a fixed number of keep-alive connections, one
+request in flight on each (:mod:`bench.http_load`, which costs the client far
+less than the server, so the server is what is measured). The same app also
+answers right after JWT verification on ``/bench/verified``; both routes are
+loaded in interleaved repetitions, so the ratio of their rates is what
+publishing a command costs a request.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bench.http_load import post_load, request_bytes
 from bench.workload import (
-    PAYLOAD,
+    BODY,
     SERVICE,
     bench_prefix,
     declare_service,
@@ -72,19 +75,26 @@ async def edge_figures(amqp_url: str, base: str, load: EdgeLoad) -> dict[str, An
         await declare_service(amqp_url, settings)
         with tempfile.TemporaryDirectory(prefix="baton-bench-") as keys:
             token = _token_and_public_key(Path(keys), ISSUER)
-            async with ServedEdge(amqp_url, settings.prefix, Path(keys)) as client:
-                headers = {"Authorization": f"Bearer {token}"}
-                for path in routes.values():
-                    await _load(client, path, headers, 50, load.concurrency)
+            served = ServedEdge(amqp_url, settings.prefix, Path(keys))
+            async with served:
+                headers = {
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": "application/json",
+                }
+                requests = {
+                    name: request_bytes("127.0.0.1", path, headers, BODY)
+                    for name, path in routes.items()
+                }
+                for request in requests.values():
+                    await _load(served.port, request, 50, load.concurrency)
                 names = list(routes)
                 for repetition in range(load.repeat):
                     shift = repetition % len(names)
                     for name in names[shift:] + names[:shift]:
                         runs[name].append(
                             await _load(
-                                client,
-                                routes[name],
-                                headers,
+                                served.port,
+                                requests[name],
                                 load.requests,
                                 load.concurrency,
                             )
@@ -149,9 +159,10 @@ class ServedEdge:
         ]
         self._server: asyncio.subprocess.Process | None = None
         self._client: httpx.AsyncClient | None = None
+        self.port = 0
 
     async def __aenter__(self) -> httpx.AsyncClient:
-        port = _free_port()
+        self.port = port = _free_port()
         self._server = await asyncio.create_subprocess_exec(
             *self._argv,
             str(port),
@@ -207,35 +218,21 @@ async def _stop(server: asyncio.subprocess.Process) -> bytes:
 
 
 async def _load(
-    client: httpx.AsyncClient,
-    path: str,
-    headers: dict[str, str],
-    requests: int,
-    concurrency: int,
+    port: int, request: bytes, requests: int, concurrency: int
 ) -> dict[str, float]:
     """Send `requests` POSTs with `concurrency` in flight; rate and latencies."""
-    body = PAYLOAD.model_dump_json().encode()
-    headers = {**headers, "Content-Type": "application/json"}
-    latencies: list[float] = []
-    remaining = iter(range(requests))
-
-    async def worker() -> None:
-        for _ in remaining:
-            sent = time.perf_counter()
-            response = await client.post(path, content=body, headers=headers)
-            latencies.append(time.perf_counter() - sent)
-            if response.status_code != 202:
-                answer = f"{response.status_code}: {response.text[:500]}"
-                raise RuntimeError(f"POST {path} answered {answer}")
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    latencies.sort()
+    result = await post_load(
+        "127.0.0.1",
+        port,
+        request,
+        requests=requests,
+        concurrency=concurrency,
+        expect_status=202,
+    )
     return {
-        "requests_per_s": requests / elapsed,
-        "p50_ms": _percentile(latencies, 0.50) * 1000,
-        "p99_ms": _percentile(latencies, 0.99) * 1000,
+        "requests_per_s": result.requests_per_s,
+        "p50_ms": result.percentile_ms(0.50),
+        "p99_ms": result.percentile_ms(0.99),
     }
 
 
@@ -248,10 +245,6 @@ def _summary(runs: list[dict[str, float]]) -> dict[str, Any]:
         "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 2),
         "runs": [round(r["requests_per_s"], 1) for r in runs],
     }
-
-
-def _percentile(ordered: list[float], share: float) -> float:
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 def _free_port() -> int:

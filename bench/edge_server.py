@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI, status
 from contracts.plans import PLAN_CREATE, PlanCreate
 from edge_api.app import create_app
 from edge_api.auth import authorized
+from edge_api.json_body import UntrustedJsonRoute
 from edge_api.settings import EdgeSettings
 from messaging.identity import Principal
 from messaging.settings import BrokerSettings
@@ -47,11 +48,13 @@ def build_app(amqp_url: str, prefix: str, public_key: Path) -> FastAPI:
         algorithms=("RS256",),
     )
     app = create_app(settings, BrokerSettings(amqp_url=amqp_url, prefix=prefix))
-    app.add_api_route(
+    app.router.add_api_route(
         VERIFY_ONLY_PATH,
         verified,
         methods=["POST"],
         status_code=status.HTTP_202_ACCEPTED,
+        # Read as untrusted JSON, as the command routes read their bodies.
+        route_class_override=UntrustedJsonRoute,
     )
     return app
 
