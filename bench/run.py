@@ -109,7 +109,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     spec = RunSpec(amqp_url, args.prefix, args.messages, args.window, args.prefetch)
     result["pipeline"] = await compare(pipelines(), spec, args.repeat)
 
-    result["identity"] = identity_costs(quick=args.quick)
+    result["identity"] = await identity_costs(quick=args.quick)
     result["memory"] = await worker_memory(
         amqp_url, args.prefix, args.backlog, args.prefetch
     )

@@ -30,7 +30,17 @@ PIPELINES = {
     "raw_identity_headers",
     "faststream",
 }
-IDENTITY = {"encode_us", "decode_us", "validate_payload_us", "decode_and_validate_us"}
+IDENTITY = {
+    "encode_us",
+    "decode_us",
+    "validate_payload_us",
+    "decode_and_validate_us",
+    "sign_us",
+    "sign_batched_us",
+    "verify_us",
+    "ed25519_sign_us",
+    "ed25519_verify_us",
+}
 
 
 def run_bench(amqp_url: str, *args: str) -> subprocess.CompletedProcess[str]:
