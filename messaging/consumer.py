@@ -235,10 +235,7 @@ class Consumer:
         logger.error(
             "unexpected failure; rejecting the delivery to quarantine", exc_info=exc
         )
-        try:
-            await delivery.reject()
-        except CONNECTION_ERRORS as lost:
-            logger.warning("could not reject, the broker will redeliver: %s", lost)
+        await self.outcomes.rejected(delivery)
 
     async def _process(self, delivery: Delivery, log_context: MessageContext) -> None:
         try:

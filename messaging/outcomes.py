@@ -139,6 +139,16 @@ class Outcomes:
             self._failure_headers(delivery, exc.code, str(exc)),
         )
 
+    async def rejected(self, delivery: Delivery) -> None:
+        """Refuse a delivery for good: the queue dead-letters it into quarantine."""
+        try:
+            await delivery.reject()
+        except CONNECTION_ERRORS as exc:
+            logger.warning("could not reject, the broker will redeliver: %s", exc)
+            return
+        if self._on_settled is not None:
+            self._on_settled(delivery)
+
     async def settle(self, delivery: Delivery, *, requeue: bool = False) -> None:
         try:
             if requeue:
