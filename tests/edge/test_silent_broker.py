@@ -184,6 +184,7 @@ async def test_a_connection_that_dies_under_a_call_is_503_not_500(
     assert ready.status_code == 503
 
 
+@pytest.mark.usefixtures("broker")  # it deletes the exchanges the edge declares
 async def test_readiness_turns_503_when_the_broker_goes_silent(
     proxy: FreezableProxy,
     edge_settings: EdgeSettings,
