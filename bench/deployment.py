@@ -19,9 +19,10 @@ from contracts.plans import PlanCreate
 from messaging.connection import broker_user
 from messaging.declaration import Emit, ServiceDeclaration
 from messaging.handlers import HandlerSpec
-from messaging.signing import KeyRing, Signer, SigningKey, Verifier
+from messaging.signing import KeyRing, Signer, SigningKey
 from messaging.topology import Route, Topology
 from messaging.trust import TrustMap, TrustPolicy
+from messaging.verifier import Verifier
 
 
 @dataclass(frozen=True)

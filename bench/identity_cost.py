@@ -24,8 +24,8 @@ from messaging.signing import (
     KeyRing,
     Signer,
     SigningKey,
-    Verifier,
 )
+from messaging.verifier import Verifier
 
 ENTRY = "edge"
 

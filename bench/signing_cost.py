@@ -19,9 +19,9 @@ from messaging.signing import (
     KeyRing,
     Signer,
     SigningKey,
-    Verifier,
     carrying,
 )
+from messaging.verifier import Verifier
 
 BODY = json.dumps({"title": "a plan", "items": ["x"] * 8}).encode()
 TO_CORE = Destination("baton.commands", "plan.create", "plan.create")

@@ -22,8 +22,9 @@ origin it received, unchanged, and the consumer checks that its subject, kind,
 roles and tenant equal the principal in the headers: a worker can pass a user on,
 but cannot mint one.
 
-The wire form of both is ``base64url(JSON claims) "." base64url(signature)``
-(messaging/assertion.py); the replay cache is messaging/replay.py.
+Both are seals, ``claims.signature.path`` (messaging/assertion.py,
+messaging/sealing.py): one signature may cover a batch. The consumer side, the
+verifier, is messaging/verifier.py; its replay cache is messaging/replay.py.
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final
@@ -43,17 +43,14 @@ from messaging.assertion import (
     claims_text,
     seal,
     sha256_hex,
-    unseal,
 )
 from messaging.errors import (
-    InvalidSignature,
-    ReplayedMessage,
     UnprovenPrincipal,
 )
 from messaging.identity import Principal, PrincipalKind, encode_principal
 from messaging.keyring import KeyRing, KeyRingFile, RingKey, SigningKey
-from messaging.replay import Copy, ReplayKey, SeenMessages
-from messaging.sealing import BatchSealer, RootCache
+from messaging.replay import Copy, ReplayKey
+from messaging.sealing import BatchSealer
 
 __all__ = [
     "ASSERTION_VERSION",
@@ -63,10 +60,8 @@ __all__ = [
     "KeyRingFile",
     "OriginAssertion",
     "RingKey",
-    "SeenMessages",
     "Signer",
     "SigningKey",
-    "Verifier",
     "carried_origin",
     "carry",
     "carrying",
@@ -316,184 +311,7 @@ class Signer:
         return seal(claims, self.key)
 
 
-class Verifier:
-    """Checks signatures and origins against the key ring and the introducers."""
-
-    def __init__(
-        self,
-        ring: KeyRing | KeyRingFile,
-        *,
-        introducers: frozenset[str],
-        service_roles: Mapping[str, frozenset[str]] | None = None,
-        seen: SeenMessages | None = None,
-        clock: Clock = time.time,
-    ) -> None:
-        self.ring = ring
-        self.introducers = introducers
-        # A service vouching for itself may name only the roles it declared.
-        self.service_roles = service_roles or {}
-        self._seen = seen or SeenMessages()
-        self._clock = clock
-        # Every hop of a piece of work carries the same origin assertion: its
-        # signature is checked once, its expiry and key on every use.
-        self._origins: OrderedDict[str, tuple[dict[str, Any], RingKey]] = OrderedDict()
-        self._vouched: dict[str, OriginAssertion] = {}
-        # The messages of one batch share a signature: it is checked once.
-        self._roots = RootCache()
-
-    def verify(
-        self, headers: Mapping[str, Any], envelope: Envelope, principal: Principal
-    ) -> OriginAssertion:
-        """Check the message's signature and origin; returns the verified origin."""
-        now = self._clock()
-        route = envelope.route
-        claims = self._open(
-            headers.get(h.SIGNATURE), h.SIGNATURE, envelope.publisher, now
-        )
-        actual = (
-            envelope.message_id,
-            envelope.correlation_id,
-            envelope.reply_to,
-            sha256_hex(envelope.body),
-            route.exchange,
-            route.routing_key,
-            route.message_type,
-            identity_digest(principal),
-        )
-        if tuple(claims[name] for name, _ in _BOUND) != actual:
-            for (name, what), value in zip(_BOUND, actual, strict=True):
-                _expect(claims, name, value, what)
-
-        origin = self._origin(headers.get(h.ORIGIN_ASSERTION), principal, now)
-        if not self._seen.admit(
-            envelope.replay_key,
-            claims["exp"],
-            now,
-            redelivered=envelope.redelivered,
-            copy=envelope.copy,
-        ):
-            raise ReplayedMessage(
-                f"message {envelope.message_id} from {envelope.publisher} (attempt "
-                f"{envelope.attempt}) was already admitted here"
-            )
-        return origin
-
-    def settled(self, key: ReplayKey, copy: Copy = ("", 0)) -> None:
-        """The consumer settled this copy of a delivery: the same again is a replay."""
-        self._seen.settle(key, copy)
-
-    def _origin(
-        self, token: object, principal: Principal, now: float
-    ) -> OriginAssertion:
-        claims = self._open(token, h.ORIGIN_ASSERTION, None, now)
-        # What the origin vouches for depends on its token alone; the key and
-        # the expiry were checked again just now.
-        origin = self._vouched.get(str(token))
-        if origin is None:
-            origin = self._vouching(claims, token)
-            if len(self._vouched) >= ORIGIN_CACHE_SIZE:
-                self._vouched.clear()
-            self._vouched[origin.token] = origin
-        if not origin.vouches_for(principal):
-            raise UnprovenPrincipal(
-                f"the headers act for {principal.kind.value} {principal.subject!r} "
-                f"with roles {sorted(principal.roles)}, but {origin.issuer} vouched "
-                f"for {origin.kind.value} {origin.subject!r} with roles "
-                f"{sorted(origin.roles)}"
-            )
-        return origin
-
-    def _vouching(self, claims: dict[str, Any], token: object) -> OriginAssertion:
-        """The origin `claims` assert, if their issuer may vouch for it."""
-        issuer = claims["iss"]
-        kind = claims.get("kind")
-        if kind == PrincipalKind.SERVICE.value:
-            if claims.get("sub") != issuer:
-                raise UnprovenPrincipal(
-                    f"{issuer} vouched for service {claims.get('sub')!r}: a service "
-                    "may only vouch for itself"
-                )
-        elif kind == PrincipalKind.USER.value:
-            if issuer not in self.introducers:
-                raise UnprovenPrincipal(
-                    f"{issuer} vouched for a user but does not introduce users"
-                )
-        else:
-            raise InvalidSignature(f"{h.ORIGIN_ASSERTION}: unknown kind {kind!r}")
-        origin = _origin_from(claims, token)
-        if origin.kind is PrincipalKind.SERVICE:
-            self._check_own_roles(origin)
-        return origin
-
-    def _check_own_roles(self, origin: OriginAssertion) -> None:
-        declared = self.service_roles.get(origin.issuer, frozenset())
-        undeclared = origin.roles - declared
-        if undeclared:
-            raise UnprovenPrincipal(
-                f"{origin.issuer} vouched for itself with roles "
-                f"{sorted(undeclared)}, but declares only {sorted(declared)}"
-            )
-
-    def _open(
-        self, token: object, header: str, publisher: str | None, now: float
-    ) -> dict[str, Any]:
-        claims, key = self._unseal(token, header)
-        if not key.usable_at(now):
-            raise InvalidSignature(f"{header}: key {key.kid} was retired")
-        if claims.get("iss") != key.service:
-            raise InvalidSignature(
-                f"{header}: key {key.kid} belongs to {key.service}, not to "
-                f"{claims.get('iss')!r}"
-            )
-        if publisher is not None and key.service != publisher:
-            raise InvalidSignature(
-                f"{header}: signed by {key.service}, but published by {publisher}"
-            )
-        if claims["iat"] > now + CLOCK_SKEW:
-            raise InvalidSignature(f"{header}: issued in the future")
-        if claims["exp"] < now:
-            raise InvalidSignature(f"{header}: expired {now - claims['exp']:.0f}s ago")
-        if claims["exp"] - claims["iat"] > MAX_LIFETIME:
-            raise InvalidSignature(
-                f"{header}: valid for longer than {MAX_LIFETIME:.0f}s"
-            )
-        return claims
-
-    def keys(self) -> KeyRing:
-        """The ring in use now: a ring file is followed as it changes."""
-        ring = self.ring
-        return ring.current() if isinstance(ring, KeyRingFile) else ring
-
-    def _unseal(self, token: object, header: str) -> tuple[dict[str, Any], RingKey]:
-        ring = self.keys()
-        if header != h.ORIGIN_ASSERTION or type(token) is not str:
-            return unseal(token, header, ring, self._roots)
-        # A cached origin stands only while its key is the one in the ring now.
-        cached = self._origins.get(token)
-        if cached is not None and ring.get(cached[1].kid) is cached[1]:
-            self._origins.move_to_end(token)
-            return cached
-        opened = unseal(token, header, ring)
-        self._origins[token] = opened
-        if len(self._origins) > ORIGIN_CACHE_SIZE:
-            self._origins.popitem(last=False)
-        return opened
-
-
-ORIGIN_CACHE_SIZE: Final = 4096
 MINTED_CACHE_SIZE: Final = 4096
-# What a message assertion binds, in the order verify() compares it, and what
-# a mismatch means.
-_BOUND: Final = (
-    ("mid", "another message id"),
-    ("cid", "another correlation id"),
-    ("rt", "another reply_to"),
-    ("body", "another body"),
-    ("ex", "another exchange"),
-    ("rk", "another routing key"),
-    ("type", "another message type"),
-    ("idh", "other identity headers"),
-)
 
 
 def identity_digest(principal: Principal | None) -> str:
@@ -516,23 +334,3 @@ def identity_digest(principal: Principal | None) -> str:
 
 DIGEST_CACHE_SIZE: Final = 4096
 _DIGESTS: dict[Principal, str] = {}
-
-
-def _origin_from(claims: dict[str, Any], token: object) -> OriginAssertion:
-    roles = claims["roles"]
-    if not all(type(role) is str for role in roles):
-        raise InvalidSignature(f"{h.ORIGIN_ASSERTION}: roles must be strings")
-    return OriginAssertion(
-        subject=claims["sub"],
-        kind=PrincipalKind(claims["kind"]),
-        roles=frozenset(roles),
-        tenant=claims["tenant"],
-        issuer=claims["iss"],
-        expires_at=float(claims["exp"]),
-        token=str(token),
-    )
-
-
-def _expect(claims: Mapping[str, Any], name: str, actual: str, what: str) -> None:
-    if claims[name] != actual:
-        raise InvalidSignature(f"{h.SIGNATURE}: signed for {what} ({name})")

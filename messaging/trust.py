@@ -9,7 +9,7 @@ a :class:`TrustPolicy` therefore refuses, into quarantine:
 - a message type from a service that did not declare publishing it;
 - a ``baton-attempt`` on a message that did not come back through the service's
   own retry path (it would let a first publish skip the handler's retries);
-- when signatures are required, anything :class:`~messaging.signing.Verifier`
+- when signatures are required, anything :class:`~messaging.verifier.Verifier`
   refuses: a missing, forged, expired, replayed or moved assertion, or a principal
   no introducer vouched for.
 
@@ -41,8 +41,9 @@ from messaging.handlers import HandlerSpec
 from messaging.identity import SERVICE_PATTERN, Principal
 from messaging.keyring import KeyRingFile, SigningKey
 from messaging.settings import BrokerSettings
-from messaging.signing import Destination, Envelope, OriginAssertion, Signer, Verifier
+from messaging.signing import Destination, Envelope, OriginAssertion, Signer
 from messaging.topology import Route, Topology
+from messaging.verifier import Verifier
 
 logger = logging.getLogger(__name__)
 

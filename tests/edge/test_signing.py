@@ -12,7 +12,8 @@ from messaging import headers as h
 from messaging.errors import TrustConfigError
 from messaging.identity import decode_principal
 from messaging.settings import BrokerSettings
-from messaging.signing import Destination, Envelope, KeyRing, SigningKey, Verifier
+from messaging.signing import Destination, Envelope, KeyRing, SigningKey
+from messaging.verifier import Verifier
 from tests.edge.conftest import IdentityProvider, Spy, bearer, run_edge
 
 GOAL = {"goal": "run a marathon", "horizon_days": 90}

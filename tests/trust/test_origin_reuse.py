@@ -13,8 +13,8 @@ from messaging.signing import (
     KeyRing,
     Signer,
     SigningKey,
-    Verifier,
 )
+from messaging.verifier import Verifier
 
 BODY = b'{"item":"book"}'
 TO_CORE = Destination("baton.commands", "order.place", "order.place")

@@ -20,6 +20,7 @@ from messaging.errors import (
     UnprovenPrincipal,
 )
 from messaging.identity import Origin, Principal, PrincipalKind, encode_principal
+from messaging.replay import SeenMessages
 from messaging.signing import (
     ASSERTION_VERSION,
     Destination,
@@ -27,12 +28,11 @@ from messaging.signing import (
     KeyRing,
     KeyRingFile,
     OriginAssertion,
-    SeenMessages,
     Signer,
     SigningKey,
-    Verifier,
     carrying,
 )
+from messaging.verifier import Verifier
 
 BODY = b'{"item":"book"}'
 TO_CORE = Destination("baton.commands", "order.place", "order.place")
