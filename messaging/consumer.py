@@ -47,9 +47,9 @@ from messaging.outcomes import Outcomes
 from messaging.publisher import Publisher
 from messaging.rpc import Requester
 from messaging.settings import BrokerSettings
-from messaging.signing import OriginAssertion, Signer, carry
+from messaging.signing import Signer, carry
 from messaging.topology import Binding, Topology
-from messaging.trust import TrustPolicy
+from messaging.trust import Admission, TrustPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class Consumer:
 
     async def _process(self, delivery: Delivery, log_context: MessageContext) -> None:
         try:
-            spec, principal, attempt, origin = self._admit(delivery)
+            spec, principal, attempt, admission = self._admit(delivery)
             payload = _validate(spec, delivery.body)
         except (IdentityError, MessageRejected) as exc:
             await self.outcomes.quarantined(delivery, exc)
@@ -257,15 +257,15 @@ class Consumer:
             requester=self.requester,
             request_timeout=self.settings.request_timeout,
             max_publishes=self.settings.max_publishes_per_delivery,
-            sent_by=self.trust.sender(delivery) if self.trust else "",
+            sent_by=admission.sender if admission else "",
         )
         bind_message_context(log_context.acting_for(principal))
-        carry(origin)
+        carry(admission.origin if admission else None)
         await self._run_handler(delivery, spec, context, payload)
 
     def _admit(
         self, delivery: Delivery
-    ) -> tuple[HandlerSpec[Any], Principal, int, OriginAssertion | None]:
+    ) -> tuple[HandlerSpec[Any], Principal, int, Admission | None]:
         """Every check that needs no handler: each failure is final, never retried."""
         if len(delivery.body) > self.settings.max_body_bytes:
             raise SchemaError(
@@ -283,7 +283,7 @@ class Consumer:
             )
 
         principal = decode_principal(delivery.headers)
-        origin = self.trust.admit(delivery, spec, principal) if self.trust else None
+        admission = self.trust.admit(delivery, spec, principal) if self.trust else None
         attempt = _attempt(delivery.headers)
         if len(principal.actors) > self.settings.max_chain_depth:
             raise ChainTooDeep(
@@ -291,7 +291,7 @@ class Consumer:
                 f"{self.settings.max_chain_depth}"
             )
         spec.authorize(principal)
-        return spec, principal, attempt, origin
+        return spec, principal, attempt, admission
 
     async def _run_handler(
         self,

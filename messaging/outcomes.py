@@ -146,23 +146,21 @@ class Outcomes:
         except CONNECTION_ERRORS as exc:
             logger.warning("could not reject, the broker will redeliver: %s", exc)
             return
-        if self._on_settled is not None:
-            self._on_settled(delivery)
+        self._settled(delivery)
 
     async def settle(self, delivery: Delivery, *, requeue: bool = False) -> None:
-        try:
-            if requeue:
-                await delivery.requeue()
-            else:
-                delivery.ack()
-        except CONNECTION_ERRORS as exc:
-            # The channel is gone, so the broker requeues the message itself and
-            # will deliver it again; acking it twice is impossible.
-            logger.warning(
-                "ack lost with the channel, the broker will redeliver: %s", exc
-            )
+        if not requeue:
+            delivery.ack()
+            self._settled(delivery)
             return
-        if self._on_settled is not None and not requeue:
+        try:
+            await delivery.requeue()
+        except CONNECTION_ERRORS as exc:
+            # The channel is gone: the broker returns the message by itself.
+            logger.warning("could not requeue, the broker will redeliver: %s", exc)
+
+    def _settled(self, delivery: Delivery) -> None:
+        if self._on_settled is not None:
             self._on_settled(delivery)
 
     def _failure_headers(

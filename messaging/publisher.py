@@ -32,8 +32,8 @@ from messaging.errors import (
 from messaging.identity import Principal
 from messaging.signing import Destination, Signer
 from messaging.wire import (
-    HeaderTemplates,
     OutgoingProperties,
+    header_table,
     table_entries,
     timestamp_seconds,
 )
@@ -68,7 +68,6 @@ class Publisher:
         self._underlay: aiormq.Channel | None = None
         self._opening = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
-        self._templates = HeaderTemplates()
 
     @property
     def broker_user(self) -> str:
@@ -105,7 +104,7 @@ class Publisher:
             headers = {**headers, **signed} if headers else signed
 
         properties = OutgoingProperties(
-            table=self._templates.table(principal, headers),
+            table=header_table(principal, headers),
             message_id=message_id,
             correlation_id=correlation_id,
             message_type=message_type,

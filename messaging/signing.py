@@ -30,6 +30,7 @@ verifier, is messaging/verifier.py; its replay cache is messaging/replay.py.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -50,7 +51,7 @@ from messaging.errors import (
 from messaging.identity import Principal, PrincipalKind, encode_principal
 from messaging.keyring import KeyRing, KeyRingFile, RingKey, SigningKey
 from messaging.replay import Copy, ReplayKey
-from messaging.sealing import BatchSealer
+from messaging.sealing import BatchSealer, seal_batch
 
 __all__ = [
     "ASSERTION_VERSION",
@@ -202,11 +203,11 @@ class Signer:
         publisher uses :meth:`sign_soon` to share one signature with the
         messages published beside it.
         """
-        now = self._clock()
-        claims = self._message_claims(
-            route, message_id, body, principal, correlation_id, reply_to, now
+        claims, origin = self._prepare(
+            route, message_id, body, principal, correlation_id, reply_to
         )
-        return self._headers(seal(claims, self.key), principal, now)
+        [token] = seal_batch(self.key, [claims])
+        return {h.SIGNATURE: token, **origin}
 
     async def sign_soon(
         self,
@@ -219,17 +220,12 @@ class Signer:
         reply_to: str = "",
     ) -> dict[str, str]:
         """Like :meth:`sign`, sealed with what else is signed in this loop turn."""
-        now = self._clock()
-        claims = self._message_claims(
-            route, message_id, body, principal, correlation_id, reply_to, now
+        claims, origin = self._prepare(
+            route, message_id, body, principal, correlation_id, reply_to
         )
-        # The origin first: a principal this signer may not vouch for raises
-        # before anything waits for the batch.
-        origin = self._origin_header(principal, now)
-        token = await self._batch.seal(claims_text(claims, self.key))
-        return {h.SIGNATURE: token, **origin}
+        return {h.SIGNATURE: await self._batch.seal(claims), **origin}
 
-    def _message_claims(
+    def _prepare(
         self,
         route: Destination,
         message_id: str,
@@ -237,9 +233,15 @@ class Signer:
         principal: Principal | None,
         correlation_id: str,
         reply_to: str,
-        now: float,
-    ) -> dict[str, Any]:
-        return {
+    ) -> tuple[str, dict[str, str]]:
+        """A message's claims, ready to seal, and its origin header.
+
+        The origin comes first: a principal this signer may not vouch for
+        raises before anything is sealed.
+        """
+        now = self._clock()
+        origin = self._origin_header(principal, now)
+        claims: dict[str, Any] = {
             "v": ASSERTION_VERSION,
             "iss": self.service,
             "mid": message_id,
@@ -253,11 +255,7 @@ class Signer:
             "iat": now,
             "exp": now + self._ttl,
         }
-
-    def _headers(
-        self, token: str, principal: Principal | None, now: float
-    ) -> dict[str, str]:
-        return {h.SIGNATURE: token, **self._origin_header(principal, now)}
+        return claims_text(claims, self.key), origin
 
     def _origin_header(self, principal: Principal | None, now: float) -> dict[str, str]:
         if principal is None:
@@ -316,21 +314,14 @@ MINTED_CACHE_SIZE: Final = 4096
 
 def identity_digest(principal: Principal | None) -> str:
     """A SHA-256 of the identity headers in canonical form ('' without a principal)."""
-    if principal is None:
-        return ""
-    # Principals are immutable and few at a time: each one's digest is kept,
-    # as every message of a user, on both sides, needs it.
-    digest = _DIGESTS.get(principal)
-    if digest is None:
-        canonical = json.dumps(
-            encode_principal(principal), sort_keys=True, separators=(",", ":")
-        )
-        digest = sha256_hex(canonical.encode())
-        if len(_DIGESTS) >= DIGEST_CACHE_SIZE:
-            _DIGESTS.clear()
-        _DIGESTS[principal] = digest
-    return digest
+    return "" if principal is None else _digest(principal)
 
 
-DIGEST_CACHE_SIZE: Final = 4096
-_DIGESTS: dict[Principal, str] = {}
+# Principals are immutable and few at a time, and every message of a user needs
+# the digest, on both sides: each one's is kept.
+@functools.lru_cache(maxsize=4096)
+def _digest(principal: Principal) -> str:
+    canonical = json.dumps(
+        encode_principal(principal), sort_keys=True, separators=(",", ":")
+    )
+    return sha256_hex(canonical.encode())

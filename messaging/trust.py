@@ -114,6 +114,16 @@ class Provenance:
     retried: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What the trust checks established about an admitted delivery."""
+
+    sender: str
+    """The service that published it (the first publisher, for our own retries)."""
+    origin: OriginAssertion | None
+    """The verified origin, when signatures are required."""
+
+
 class TrustPolicy:
     """A consumer's trust checks: the publisher, then the signature and origin."""
 
@@ -138,7 +148,7 @@ class TrustPolicy:
         message: Delivery,
         spec: HandlerSpec[Any],
         principal: Principal,
-    ) -> OriginAssertion | None:
+    ) -> Admission:
         """Raise a MessageRejected unless the message may be believed."""
         provenance = self.provenance(message, spec)
         if not self.trust_map.allows(
@@ -155,7 +165,7 @@ class TrustPolicy:
                 f"{self.service}'s own retry path sets it"
             )
         if self.verifier is None:
-            return None
+            return Admission(provenance.publisher, None)
         envelope = Envelope(
             publisher=provenance.publisher,
             route=provenance.destination,
@@ -167,12 +177,8 @@ class TrustPolicy:
             redelivered=message.redelivered,
             copy=_copy_of(message),
         )
-        return self.verifier.verify(message.headers, envelope, principal)
-
-    def sender(self, message: Delivery) -> str:
-        """The service that published an admitted message (the first publisher,
-        for our own retries)."""
-        return self._publisher(message)[0]
+        origin = self.verifier.verify(message.headers, envelope, principal)
+        return Admission(provenance.publisher, origin)
 
     def settled(self, message: Delivery) -> None:
         """The consumer acked `message`: the same delivery again is a replay."""

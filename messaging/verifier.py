@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from messaging import headers as h
@@ -54,9 +55,9 @@ class Verifier:
         self._seen = seen or SeenMessages()
         self._clock = clock
         # Every hop of a piece of work carries the same origin assertion: its
-        # signature is checked once, its expiry and key on every use.
-        self._origins: OrderedDict[str, tuple[dict[str, Any], RingKey]] = OrderedDict()
-        self._vouched: dict[str, OriginAssertion] = {}
+        # signature and what it vouches for are worked out once, its expiry and
+        # key checked on every use.
+        self._origins: OrderedDict[str, _OpenedOrigin] = OrderedDict()
         # The messages of one batch share a signature: it is checked once.
         self._roots = RootCache()
 
@@ -104,15 +105,11 @@ class Verifier:
     def _origin(
         self, token: object, principal: Principal, now: float
     ) -> OriginAssertion:
-        claims = self._open(token, h.ORIGIN_ASSERTION, None, now)
-        # What the origin vouches for depends on its token alone; the key and
-        # the expiry were checked again just now.
-        origin = self._vouched.get(str(token))
-        if origin is None:
-            origin = self._vouching(claims, token)
-            if len(self._vouched) >= ORIGIN_CACHE_SIZE:
-                self._vouched.clear()
-            self._vouched[origin.token] = origin
+        opened = self._open_origin(token)
+        self._check_use(opened.claims, opened.key, h.ORIGIN_ASSERTION, None, now)
+        if opened.vouched is None:
+            opened.vouched = self._vouching(opened.claims, token)
+        origin = opened.vouched
         if not origin.vouches_for(principal):
             raise UnprovenPrincipal(
                 f"the headers act for {principal.kind.value} {principal.subject!r} "
@@ -156,7 +153,19 @@ class Verifier:
     def _open(
         self, token: object, header: str, publisher: str | None, now: float
     ) -> dict[str, Any]:
-        claims, key = self._unseal(token, header)
+        claims, key = unseal(token, header, self.keys(), self._roots)
+        self._check_use(claims, key, header, publisher, now)
+        return claims
+
+    def _check_use(
+        self,
+        claims: dict[str, Any],
+        key: RingKey,
+        header: str,
+        publisher: str | None,
+        now: float,
+    ) -> None:
+        """What is checked on every use: the key, the issuer, the time."""
         if not key.usable_at(now):
             raise InvalidSignature(f"{header}: key {key.kid} was retired")
         if claims.get("iss") != key.service:
@@ -176,27 +185,36 @@ class Verifier:
             raise InvalidSignature(
                 f"{header}: valid for longer than {MAX_LIFETIME:.0f}s"
             )
-        return claims
 
     def keys(self) -> KeyRing:
         """The ring in use now: a ring file is followed as it changes."""
         ring = self.ring
         return ring.current() if isinstance(ring, KeyRingFile) else ring
 
-    def _unseal(self, token: object, header: str) -> tuple[dict[str, Any], RingKey]:
+    def _open_origin(self, token: object) -> _OpenedOrigin:
         ring = self.keys()
-        if header != h.ORIGIN_ASSERTION or type(token) is not str:
-            return unseal(token, header, ring, self._roots)
+        if type(token) is not str:
+            return _OpenedOrigin(*unseal(token, h.ORIGIN_ASSERTION, ring))
         # A cached origin stands only while its key is the one in the ring now.
         cached = self._origins.get(token)
-        if cached is not None and ring.get(cached[1].kid) is cached[1]:
+        if cached is not None and ring.get(cached.key.kid) is cached.key:
             self._origins.move_to_end(token)
             return cached
-        opened = unseal(token, header, ring)
+        opened = _OpenedOrigin(*unseal(token, h.ORIGIN_ASSERTION, ring, self._roots))
         self._origins[token] = opened
         if len(self._origins) > ORIGIN_CACHE_SIZE:
             self._origins.popitem(last=False)
         return opened
+
+
+@dataclass(slots=True)
+class _OpenedOrigin:
+    """An origin assertion whose signature verified, and once known, what it
+    vouches for (which depends on the token alone)."""
+
+    claims: dict[str, Any]
+    key: RingKey
+    vouched: OriginAssertion | None = None
 
 
 # What a message assertion binds, in the order verify() compares it, and what

@@ -3,7 +3,7 @@
 pamqp encodes ``Basic.Properties`` by walking all fourteen fields and dispatching
 on each one's AMQP type, and it encodes a header table entry by entry. Baton
 sends the same identity headers for every message of a principal, so their table
-entries are encoded once and kept (:class:`HeaderTemplates`); the rest of the
+entries are encoded once and kept (:func:`identity_entries`); the rest of the
 properties are laid out directly by :class:`OutgoingProperties`, in the order and
 with the flags of AMQP 0-9-1's ``basic`` class. The bytes are the same as
 pamqp's up to the order of table entries (tests/messaging/test_wire.py compares
@@ -12,6 +12,7 @@ them), and pamqp still decodes everything on the way in.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -157,45 +158,26 @@ def timestamp_seconds(moment: datetime | None, default: int) -> int:
     return int(moment.timestamp())
 
 
-class HeaderTemplates:
-    """The encoded identity headers of each principal seen lately.
+def header_table(principal: Principal | None, extra: Mapping[str, Any] | None) -> bytes:
+    """The entries of a whole header table: the principal's identity, then `extra`.
 
-    A principal is immutable, so its encoding never changes; the cache is only
-    bounded, cleared whole when full (a worker sees few distinct principals at a
-    time, and an edge's burst of new users costs one encoding each, as before).
+    A key of `extra` that is an identity header is left out: nothing a caller
+    adds may overwrite, or sit beside, the principal's own headers.
     """
+    identity = b"" if principal is None else identity_entries(principal)
+    if not extra:
+        return identity
+    if principal is not None:
+        extra = {
+            key: value for key, value in extra.items() if key not in h.IDENTITY_HEADERS
+        }
+    return identity + table_entries(extra)
 
-    def __init__(self, capacity: int = 4096) -> None:
-        self._encoded: dict[Principal, bytes] = {}
-        self._capacity = capacity
 
-    def __len__(self) -> int:
-        return len(self._encoded)
-
-    def identity(self, principal: Principal) -> bytes:
-        encoded = self._encoded.get(principal)
-        if encoded is None:
-            if len(self._encoded) >= self._capacity:
-                self._encoded.clear()
-            encoded = table_entries(encode_principal(principal))
-            self._encoded[principal] = encoded
-        return encoded
-
-    def table(
-        self, principal: Principal | None, extra: Mapping[str, Any] | None
-    ) -> bytes:
-        """The whole header table: the principal's identity, then `extra`.
-
-        A key of `extra` that is an identity header is left out: nothing a
-        caller adds may overwrite, or sit beside, the principal's own headers.
-        """
-        identity = b"" if principal is None else self.identity(principal)
-        if not extra:
-            return identity
-        if principal is not None:
-            extra = {
-                key: value
-                for key, value in extra.items()
-                if key not in h.IDENTITY_HEADERS
-            }
-        return identity + table_entries(extra)
+# A principal is immutable, so its encoding never changes; a worker sees few
+# distinct principals at a time, an edge's burst of new users costs one
+# encoding each.
+@functools.lru_cache(maxsize=4096)
+def identity_entries(principal: Principal) -> bytes:
+    """The encoded identity headers of `principal`, kept for its next messages."""
+    return table_entries(encode_principal(principal))

@@ -159,6 +159,8 @@ class Service:
                 logger.info("skipped a duplicate: %s", duplicate)
                 return None
             except Exception:
+                # A refusal the handler ran into outranks whatever it raised
+                # after it; otherwise its own error goes on, unchanged.
                 service_context.raise_if_refused()
                 raise
             finally:

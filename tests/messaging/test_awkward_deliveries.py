@@ -27,6 +27,7 @@ from tests.conftest import Broker
 from tests.messaging.conftest import (
     ECHO,
     Calls,
+    Handler,
     Said,
     Say,
     StartConsumer,
@@ -62,6 +63,16 @@ async def _raw_publish(
     return message_id
 
 
+async def _with_small_prefetch(
+    start_consumer: StartConsumer, settings: BrokerSettings, handler: Handler
+) -> str:
+    """A consumer whose whole prefetch a few stuck deliveries would fill."""
+    service = service_name()
+    narrow = settings.model_copy(update={"prefetch": PREFETCH})
+    await start_consumer(service, [spec(handler)], settings_=narrow)
+    return service
+
+
 async def test_an_identity_header_not_in_utf8_is_quarantined_and_the_worker_goes_on(
     amqp_url: str,
     broker: Broker,
@@ -69,9 +80,7 @@ async def test_an_identity_header_not_in_utf8_is_quarantined_and_the_worker_goes
     settings: BrokerSettings,
 ) -> None:
     calls = Calls()
-    service = service_name()
-    narrow = settings.model_copy(update={"prefetch": PREFETCH})
-    await start_consumer(service, [spec(calls.handler())], settings_=narrow)
+    service = await _with_small_prefetch(start_consumer, settings, calls.handler())
 
     # pamqp decodes a long string that is not UTF-8 as bytes, and refuses to
     # encode bytes: a copy to quarantine must still be made.
@@ -100,11 +109,8 @@ async def test_a_foreign_header_that_is_not_utf8_survives_retries_into_the_dead_
     settings: BrokerSettings,
 ) -> None:
     calls = Calls()
-    service = service_name()
-    narrow = settings.model_copy(update={"prefetch": PREFETCH})
-    await start_consumer(
-        service, [spec(calls.handler(RuntimeError("boom")))], settings_=narrow
-    )
+    failing = calls.handler(RuntimeError("boom"))
+    service = await _with_small_prefetch(start_consumer, settings, failing)
 
     headers = {**encode_principal(alice()), "trace": "ZZZZ"}
     message_id = await _raw_publish(amqp_url, broker, headers, (b"ZZZZ", b"Z\xffZZ"))

@@ -17,8 +17,8 @@ from messaging import headers as h
 from messaging.identity import Principal, encode_principal
 from messaging.wire import (
     MAX_SHORTSTR,
-    HeaderTemplates,
     OutgoingProperties,
+    header_table,
     shortstr,
     timestamp_seconds,
 )
@@ -72,9 +72,7 @@ def test_outgoing_properties_decode_like_pamqps_own(seed: int) -> None:
         "content_type": _maybe(rng, h.CONTENT_TYPE),
         "content_encoding": _maybe(rng, "gzip"),
     }
-    ours = OutgoingProperties(
-        table=HeaderTemplates().table(None, table), timestamp=NOW, **fields
-    )
+    ours = OutgoingProperties(table=header_table(None, table), timestamp=NOW, **fields)
     theirs = Basic.Properties(
         headers=table,
         delivery_mode=2,
@@ -89,8 +87,7 @@ def test_outgoing_properties_decode_like_pamqps_own(seed: int) -> None:
 
 def test_a_principals_identity_headers_decode_to_the_principal() -> None:
     principal = Principal.user("alice", ["planner"], entered_by="edge", tenant="acme")
-    templates = HeaderTemplates()
-    properties = _baton_properties(templates.table(principal, {h.ATTEMPT: 2}))
+    properties = _baton_properties(header_table(principal, {h.ATTEMPT: 2}))
 
     decoded = _round_trip(properties)
 
@@ -101,7 +98,7 @@ def test_a_principals_identity_headers_decode_to_the_principal() -> None:
 
 def test_extra_headers_cannot_overwrite_or_duplicate_the_identity() -> None:
     principal = Principal.user("alice", entered_by="edge")
-    table = HeaderTemplates().table(
+    table = header_table(
         principal, {h.SUBJECT: "mallory", h.ROLES: ["admin"], "trace": "t"}
     )
     decoded = _round_trip(_baton_properties(table))
@@ -113,16 +110,10 @@ def test_extra_headers_cannot_overwrite_or_duplicate_the_identity() -> None:
 def test_without_a_principal_the_given_headers_travel_as_they_are() -> None:
     extra = {h.SUBJECT: "raw", "trace": "t"}
 
-    assert HeaderTemplates().table(None, extra) == HeaderTemplates().table(None, extra)
-    assert HeaderTemplates().table(None, None) == b""
+    decoded = _round_trip(_baton_properties(header_table(None, extra)))
 
-
-def test_the_template_cache_is_bounded() -> None:
-    templates = HeaderTemplates(capacity=3)
-    for name in ("a", "b", "c", "d", "e"):
-        templates.identity(Principal.user(name, entered_by="edge"))
-
-    assert len(templates) <= 3
+    assert decoded.headers == extra
+    assert header_table(None, None) == b""
 
 
 def test_a_short_string_over_255_bytes_is_refused() -> None:

@@ -517,3 +517,57 @@ async def test_messages_signed_in_one_loop_turn_share_a_signature_and_each_verif
     moved = {**encode_principal(ALICE), **signed[0]}
     with pytest.raises(InvalidSignature, match="another message id"):
         verify(verifier, moved, mid="m1")
+
+
+ORIGIN_TTL = 3600.0
+
+
+@pytest.fixture
+def edge(edge_key: SigningKey, clock: Clock) -> Signer:
+    return Signer(edge_key, introduces_users=True, origin_ttl=ORIGIN_TTL, clock=clock)
+
+
+def _origin(signer: Signer, principal: Principal, message_id: str) -> str:
+    return signer.sign(TO_CORE, message_id, BODY, principal)[h.ORIGIN_ASSERTION]
+
+
+def test_the_same_user_gets_the_same_origin_until_half_its_lifetime_is_gone(
+    edge: Signer, clock: Clock
+) -> None:
+    first = _origin(edge, ALICE, "m1")
+    clock.now += ORIGIN_TTL / 2 - 1
+    again = _origin(edge, ALICE, "m2")
+    clock.now += 2
+    renewed = _origin(edge, ALICE, "m3")
+
+    assert again == first
+    assert renewed != first
+
+
+def test_another_role_set_or_tenant_gets_its_own_origin(edge: Signer) -> None:
+    planner = Principal.user("alice", ["buyer", "planner"], entered_by="edge")
+    tenant = Principal.user("alice", ["buyer"], entered_by="edge", tenant="acme")
+    bob = Principal.user("bob", ["buyer"], entered_by="edge")
+
+    origins = {_origin(edge, p, "m1") for p in (ALICE, planner, tenant, bob)}
+
+    assert len(origins) == 4
+
+
+def test_a_reused_origin_still_verifies_and_still_vouches_only_for_its_user(
+    edge: Signer, edge_key: SigningKey, clock: Clock
+) -> None:
+    verifier = make_verifier(clock, edge_key)
+    for message_id in ("m1", "m2"):
+        headers = {
+            **encode_principal(ALICE),
+            **edge.sign(TO_CORE, message_id, BODY, ALICE),
+        }
+        assert verify(verifier, headers, mid=message_id).subject == "alice"
+
+    # The cached origin is alice's: it cannot be stretched over another message
+    # that claims different roles.
+    mallory = Principal.user("alice", ["buyer", "admin"], entered_by="edge")
+    forged = {**encode_principal(mallory), **edge.sign(TO_CORE, "m3", BODY, ALICE)}
+    with pytest.raises(InvalidSignature, match="other identity headers"):
+        verify(verifier, forged, mid="m3", principal=mallory)
